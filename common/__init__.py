@@ -1,0 +1,1 @@
+"""Leaf helpers shared by every mer_pipe package: errors and name registries. Imports nothing heavy."""
