@@ -1,0 +1,92 @@
+"""Media writers for the synthetic corpora (PyAV for containers, stdlib `wave` for IEMOCAP's plain wavs).
+
+Frames are tiny (64x64 at 10 fps) and audio is 16 kHz mono so a 20-dialogue corpus is written in seconds.
+"""
+from __future__ import annotations
+
+import wave
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray | None, fps: int, sample_rate: int) -> None:
+    """Write an MELD-style mp4: H.264 video (`frames` uint8 [F, H, W, 3]) + AAC mono audio (float32 [S]).
+
+    `audio=None` writes a clip without an audio stream (a planted fault).
+    """
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
+        vs.pix_fmt = "yuv420p"
+        # one thread and a fast preset: the frames are tiny and determinism matters more than speed-ups
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "18", "threads": "1"}
+        as_ = None
+        if audio is not None:
+            as_ = out.add_stream("aac", rate=sample_rate)
+            as_.layout = "mono"
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+        if as_ is not None:
+            _encode_audio(out, as_, audio, sample_rate)
+
+
+def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
+    import av
+
+    pcm = np.clip(audio, -1.0, 1.0).astype(np.float32)[None, :]  # planar float [1, S]
+    frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    frame.time_base = Fraction(1, sample_rate)
+    for pkt in stream.encode(frame):
+        out.mux(pkt)
+    for pkt in stream.encode(None):
+        out.mux(pkt)
+
+
+def write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Write an IEMOCAP-style dialog video: MPEG-4 part 2 in AVI, `frames` uint8 [F, H, W, 3], no audio."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="avi") as out:
+        vs = out.add_stream("mpeg4", rate=fps)
+        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
+        vs.pix_fmt = "yuv420p"
+        vs.codec_context.options = {"qscale": "3", "threads": "1"}
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, fps)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write 16-bit PCM mono wav from float32 [S] in [-1, 1]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> None:
+    """Cut a file to `keep` of its bytes (a planted 'truncated download' fault)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: max(1, int(len(data) * keep))])
