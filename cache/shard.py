@@ -1,0 +1,277 @@
+"""One HDF5 shard: the features of a contiguous slice of a manifest, written atomically.
+
+Datasets inside a shard (N utterances, D feature dim):
+  ids      [N]          UTF-8 strings, manifest order
+  values   [N, D]       layout "pooled"
+           [N, T, D]    layout "sequence" (every utterance has T steps, e.g. 15 Swin frames)
+           [sum T, D]   layout "ragged", with offsets [N+1] (utterance i is values[offsets[i]:offsets[i+1]])
+  valid    [N]          bool; False rows failed (zeros, or length 0 when ragged)
+  reasons  [N]          UTF-8 strings, why a row failed ("" when ok)
+Attributes: the caller's attrs (key, spec, provenance) plus layout, n, dim, dtype, format and a sha256
+checksum over ids + values + valid (+ offsets) so `verify` can detect altered data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mer_pipe.common.errors import CacheError, ConfigError
+
+from .store import first_duplicate, temp_name
+
+FORMAT_VERSION = 1
+LAYOUTS = ("pooled", "sequence", "ragged")
+DTYPES = ("float32", "float16")
+_RESERVED = ("layout", "n", "dim", "dtype", "format", "checksum", "_json_attrs")
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass
+class Shard:
+    """A shard read back. `values` is an array ([N, D] or [N, T, D]) or, for "ragged", a list of [T_i, D]."""
+
+    path: Path
+    ids: list[str]
+    values: np.ndarray | list[np.ndarray]
+    valid: np.ndarray
+    reasons: dict[str, str]
+    attrs: dict[str, Any]
+    layout: str
+    dim: int
+    offsets: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def key(self) -> str | None:
+        return self.attrs.get("key")
+
+    def checksum(self) -> str:
+        """Recompute the content checksum from the data as read (compare with attrs["checksum"])."""
+        if self.layout != "ragged":
+            flat = self.values
+        elif self.values:
+            flat = np.concatenate(self.values)
+        else:
+            flat = np.zeros((0, self.dim), np.dtype(self.attrs.get("dtype", "float32")))
+        return content_checksum(self.ids, np.asarray(flat), self.valid, self.offsets)
+
+
+def content_checksum(ids: Sequence[str], values: np.ndarray, valid: np.ndarray, offsets: np.ndarray | None) -> str:
+    """sha256 over ids (length-prefixed UTF-8), values and valid bytes (little-endian, C order) and offsets."""
+    h = hashlib.sha256()
+    for s in ids:
+        b = s.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little") + b)
+    h.update(str(values.dtype.name).encode() + str(tuple(values.shape)).encode())
+    h.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+    h.update(np.ascontiguousarray(valid, dtype=np.bool_).tobytes())
+    if offsets is not None:
+        h.update(np.ascontiguousarray(offsets, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def basic_provenance() -> dict[str, Any]:
+    """Library versions, host and time: recorded in shards and specs, never hashed."""
+    import datetime
+    import platform
+
+    import h5py
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _detect_layout(
+    ids: Sequence[str], arrays: Sequence[np.ndarray | None], layout: str | None, dim: int | None
+) -> tuple[str, int]:
+    """(layout, D) from the successful arrays, checked against the caller's hints."""
+    ok = [(i, a) for i, a in enumerate(arrays) if a is not None]
+    ndims = {a.ndim for _, a in ok}
+    if ndims - {1, 2}:
+        i, a = next((i, a) for i, a in ok if a.ndim not in (1, 2))
+        raise CacheError(f"utterance {ids[i]!r}: feature array must be [D] or [T, D], got shape {a.shape}")
+    if len(ndims) > 1:
+        raise CacheError(f"shard mixes pooled [D] and sequence [T, D] arrays (first {ids[ok[0][0]]!r} has "
+                         f"ndim {ok[0][1].ndim}); an extractor must return one kind")
+    dims = {a.shape[-1] for _, a in ok}
+    if dim is not None:
+        dims.add(dim)
+    if len(dims) > 1:
+        bad = next(ids[i] for i, a in ok if a.shape[-1] != (dim if dim is not None else ok[0][1].shape[-1]))
+        raise CacheError(f"utterance {bad!r}: feature dim differs within the shard ({sorted(dims)}); "
+                         "check the extractor's `dim`")
+    d = dims.pop() if dims else 0
+    if not ok:
+        return layout or "pooled", d
+    if ndims == {1}:
+        detected = "pooled"
+    else:
+        detected = "sequence" if len({a.shape[0] for _, a in ok}) == 1 else "ragged"
+    if layout is None or layout == detected:
+        return detected, d
+    if layout == "ragged" and detected == "sequence":
+        return "ragged", d  # frame-level outputs that happen to share a length in this shard
+    raise CacheError(f"requested layout {layout!r} but the arrays are {detected!r}; choose one of {', '.join(LAYOUTS)} "
+                     "matching the extractor output or leave layout unset")
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    arrays: Sequence[np.ndarray | None],
+    reasons: Mapping[str, str],
+    *,
+    dtype: str = "float32",
+    attrs: Mapping[str, Any] | None = None,
+    layout: str | None = None,
+    dim: int | None = None,
+) -> Path:
+    """Write a shard atomically (temp file in the same folder + os.replace) and return its path.
+
+    arrays[i] is [D], [T, D] or None (failed; reasons[ids[i]] says why). `layout`/`dim` are optional
+    hints: needed only when every row failed, and `layout="ragged"` forces ragged storage.
+    Dict/list attrs are stored as JSON and decoded again by read_shard.
+    """
+    import h5py
+
+    path = Path(path)
+    ids = [str(i) for i in ids]
+    if dtype not in DTYPES:
+        raise ConfigError(f"shard dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if layout is not None and layout not in LAYOUTS:
+        raise ConfigError(f"shard layout {layout!r} is not supported; choose one of {', '.join(LAYOUTS)}")
+    if len(ids) != len(arrays):
+        raise CacheError(f"{path}: {len(ids)} ids but {len(arrays)} arrays; they must align")
+    dup = first_duplicate(ids)
+    if dup is not None:
+        raise CacheError(f"{path}: utterance id {dup!r} appears twice; ids must be unique")
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    for uid, a in zip(ids, arrays):
+        if a is None and not reasons.get(uid):
+            raise CacheError(f"utterance {uid!r} has no features and no reason; pass reasons[{uid!r}] saying why it failed")
+        if a is not None and dtype == "float16" and a.size and float(np.nanmax(np.abs(a))) > _F16_MAX:
+            raise CacheError(f"utterance {uid!r}: values up to {float(np.nanmax(np.abs(a))):.3g} overflow float16; "
+                             "store this extractor with dtype float32")
+    user_attrs = dict(attrs or {})
+    clash = sorted(set(user_attrs) & set(_RESERVED))
+    if clash:
+        raise CacheError(f"shard attrs {clash} are reserved (set by write_shard); rename them")
+
+    layout, d = _detect_layout(ids, arrays, layout, dim)
+    np_dtype = np.dtype(dtype)
+    n = len(ids)
+    valid = np.array([a is not None for a in arrays], dtype=np.bool_)
+    offsets = None
+    if layout == "pooled":
+        values = np.zeros((n, d), np_dtype)
+        for i, a in enumerate(arrays):
+            if a is not None:
+                values[i] = a
+    elif layout == "sequence":
+        t = next((a.shape[0] for a in arrays if a is not None), 0)
+        values = np.zeros((n, t, d), np_dtype)
+        for i, a in enumerate(arrays):
+            if a is not None:
+                values[i] = a
+    else:
+        lengths = np.array([0 if a is None else a.shape[0] for a in arrays], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        parts = [a.astype(np_dtype, copy=False) for a in arrays if a is not None]
+        values = np.concatenate(parts) if parts else np.zeros((0, d), np_dtype)
+        values = values.reshape(-1, d)
+    reason_list = ["" if v else str(reasons.get(uid, "")) for uid, v in zip(ids, valid)]
+
+    json_attrs = [k for k, v in user_attrs.items() if isinstance(v, (dict, list, tuple))]
+    for k in json_attrs:
+        user_attrs[k] = json.dumps(user_attrs[k], sort_keys=True)
+    for k, v in user_attrs.items():
+        if v is None or not isinstance(v, (str, int, float, bool, np.integer, np.floating)):
+            raise CacheError(f"shard attr {k!r} has unsupported type {type(v).__name__}; use str, number, bool, dict or list")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(temp_name(path.name))
+    str_dt = h5py.string_dtype("utf-8")
+    try:
+        # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=str_dt)
+            f.create_dataset("values", data=values)
+            f.create_dataset("valid", data=valid)
+            f.create_dataset("reasons", data=np.array(reason_list, dtype=object), dtype=str_dt)
+            if offsets is not None:
+                f.create_dataset("offsets", data=offsets)
+            for k, v in user_attrs.items():
+                f.attrs[k] = v
+            f.attrs["_json_attrs"] = json.dumps(json_attrs)
+            f.attrs.update({"layout": layout, "n": n, "dim": d, "dtype": dtype, "format": FORMAT_VERSION,
+                            "checksum": content_checksum(ids, values, valid, offsets)})
+        # Flush to disk before the rename so a power cut cannot leave a complete-looking empty file.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def read_shard(path: str | os.PathLike[str], *, values: bool = True) -> Shard:
+    """Read a shard. `values=False` skips the feature values (cheap listing: ids, valid, attrs only).
+
+    Raises CacheError naming the path when the file is missing, truncated or not a shard.
+    """
+    import h5py
+
+    path = Path(path)
+    fix = "delete it and rerun `mer-pipe features` to rebuild it (see `mer-pipe cache verify`)"
+    if not path.is_file():
+        raise CacheError(f"shard {path} does not exist; rerun `mer-pipe features` to build it")
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            for k in json.loads(attrs.pop("_json_attrs", "[]")):
+                attrs[k] = json.loads(attrs[k])
+            layout, dim = attrs["layout"], int(attrs["dim"])
+            ids = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["ids"][()]]
+            valid = np.asarray(f["valid"][()], dtype=np.bool_)
+            reason_arr = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["reasons"][()]]
+            offsets = np.asarray(f["offsets"][()], dtype=np.int64) if layout == "ragged" else None
+            vals: np.ndarray | list[np.ndarray]
+            if values:
+                flat = f["values"][()]
+                vals = [flat[offsets[i]:offsets[i + 1]] for i in range(len(ids))] if offsets is not None else flat
+            else:
+                vals = np.zeros((0, dim), np.float32)
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"shard {path} is truncated or unreadable ({type(exc).__name__}: {exc}); {fix}") from None
+    if len(valid) != len(ids) or len(reason_arr) != len(ids) or (offsets is not None and len(offsets) != len(ids) + 1):
+        raise CacheError(f"shard {path} is inconsistent (ids, valid, reasons or offsets differ in length); {fix}")
+    reasons = {uid: r for uid, r, ok in zip(ids, reason_arr, valid) if not ok}
+    return Shard(path=path, ids=ids, values=vals, valid=valid, reasons=reasons, attrs=attrs,
+                 layout=layout, dim=dim, offsets=offsets)
