@@ -24,11 +24,13 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray | None, fps: in
         vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
         vs.pix_fmt = "yuv420p"
         # one thread and a fast preset: the frames are tiny and determinism matters more than speed-ups
-        vs.codec_context.options = {"preset": "ultrafast", "crf": "18", "threads": "1"}
+        vs.codec_context.options = {"preset": "ultrafast", "crf": "23", "threads": "1"}
         as_ = None
         if audio is not None:
             as_ = out.add_stream("aac", rate=sample_rate)
             as_.layout = "mono"
+            as_.bit_rate = 32000
+            as_.codec_context.options = {"aac_coder": "fast"}  # the default two-loop coder is ~20% slower
         for i, img in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = i

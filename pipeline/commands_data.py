@@ -1,0 +1,64 @@
+"""`mer-pipe synth` and `mer-pipe prepare`: typer command functions (registered in pipeline/cli.py).
+
+Options default to None so the defaults stay in one place (synth/__init__.py, prepare.py).
+Heavy imports happen inside the functions to keep `mer-pipe --help` fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mer_pipe.common.errors import ConfigError
+
+
+def synth(
+    recipe: Annotated[Optional[str], typer.Argument(help="Corpus layout to synthesise: meld (MELD.Raw) or iemocap (IEMOCAP_full_release).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New or empty folder to write the corpus into (required).")] = None,
+    dialogues: Annotated[Optional[int], typer.Option(help="Number of dialogues over train/dev/test (default 20, at least 3).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same corpus (default 0).")] = None,
+    text_from: Annotated[Optional[Path], typer.Option("--text-from", help="Folder with the real MELD CSVs: take dialogues, speakers, texts and labels from them (meld only).")] = None,
+    faults: Annotated[bool, typer.Option("--faults", help="Plant real-corpus faults (missing/truncated/audio-less/orphan clips, a malformed row) listed in faults.json.")] = False,
+) -> None:
+    """Write a miniature corpus with planted, label-dependent text/audio/video cues (for tests and the demo)."""
+    from .synth import SYNTH_RECIPES, synthesize
+
+    # required values are checked here, not by click, so a miss is one MerPipeError line like every other error
+    if recipe is None:
+        raise ConfigError(f"mer-pipe synth needs a RECIPE; choose one of: {', '.join(SYNTH_RECIPES)}")
+    if out is None:
+        raise ConfigError(f"mer-pipe synth {recipe} needs --out DIR (a new or empty folder for the corpus)")
+    res = synthesize(recipe, out, dialogues=dialogues, seed=seed, text_from=text_from, faults=faults)
+    typer.echo(f"{res.recipe}: {res.dialogues} dialogues, {res.utterances} annotated utterances in {res.root}")
+    for f in res.faults:
+        typer.echo(f"  planted {f['kind']}: {f['id']} ({f['path']}, found by {f['detect']})")
+    typer.echo(f"next: mer-pipe prepare {res.recipe} --root {res.root} --name synth-{res.recipe}")
+
+
+def prepare(
+    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, or manifest (your own JSONL).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Dataset name in the cache (default: the recipe name).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="JSONL manifest for the 'manifest' recipe (schema in docs/contracts.md).")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
+) -> None:
+    """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
+    from .manifest import dataset_dir
+    from .prepare import prepare as run_prepare
+    from .recipes import RECIPES, get_recipe
+
+    if recipe is None:
+        raise ConfigError(f"mer-pipe prepare needs a RECIPE; choose one of: {', '.join(RECIPES.names())}")
+    rec = get_recipe(recipe)  # unknown recipe -> ConfigError listing the choices
+    if root is not None and not root.exists():
+        raise ConfigError(f"--root {root} does not exist; point it at the corpus ({rec.layout})")
+    if manifest is not None and not manifest.is_file():
+        raise ConfigError(f"--manifest {manifest} is not a file; give the JSONL manifest (docs/contracts.md)")
+    report = run_prepare(rec.name, root, name=name, cache_dir=cache_dir, manifest_file=manifest, probe=probe)
+    import json
+
+    info = json.loads((dataset_dir(report.name, cache_dir) / "dataset.json").read_text(encoding="utf-8"))
+    typer.echo(report.summary(info["label_names"]))
+    typer.echo(f"wrote {dataset_dir(report.name, cache_dir)}/manifest.jsonl (+ dataset.json, prepare_report.json)")
