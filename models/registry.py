@@ -14,7 +14,8 @@ MODELS: Registry = Registry("model")
 
 def make_config(cls: type, values: dict[str, Any] | None, owner: str):
     """Build a frozen config dataclass, rejecting unknown keys with the list of valid ones."""
-    values = dict(values or {})
+    # YAML/JSON bring tuples back as lists; frozen configs hold tuples so they stay hashable and equal.
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (values or {}).items()}
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:

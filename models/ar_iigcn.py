@@ -1,0 +1,193 @@
+"""AR-IIGCN (arXiv 2312.16778): separate per-modality MLP spaces, a tri-modal GAN whose generators are
+dialogue LSTMs, one speaker-relational graph encoder per modality, intra-modal (ICCL) and inter-modal
+(IMCL) margin-contrast, and an MLP classifier. docs/models.md §3 and §8.4; (proposed) parts are ours."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mer_pipe.common.errors import ConfigError
+
+from .adversarial import ADV_MODES, AdversarialModalityGAN
+from .batch import DialogueBatch, ModelOutput, TaskInfo
+from .contrastive import node_contrast
+from .graphs import Graph, num_relations, speaker_relational_graph
+from .gnn import RelationalGraphEncoder
+from .layers import MLPHead, ModalityProjector, flatten_valid, unflatten_valid
+from .registry import MODELS
+
+CONTRAST_METHODS = ("supcon", "triplet_hinge", "infonce_no_margin")
+
+
+@dataclass(frozen=True)
+class ARIIGCNConfig:
+    """AR-IIGCN hyper-parameters (clean variant by default).
+
+    d: width of every modality space (paper family: 512 IEMOCAP / 1024 MELD; 256 here because it
+    generalises better on MELD's ~10k utterances and short dialogues); dropout 0.4; input_norm:
+    layer | batch | none (AGF-IB batch-normalises text). gen_residual: g = LSTM generator output + h, so
+    the graph and head always see the per-utterance features (strong on MELD, where context is weak).
+    adv_mode: alternate (default; the model's before_step updates the discriminators with its own Adam,
+    disc_lr/disc_weight_decay) | sum (sibling code: L_G + L_D in one step) | grl (gradient reversal,
+    grl_lambda annealed over grl_anneal_steps, 0 = constant). lambda_adv weighs the adversarial term.
+    With a single modality the adversarial part is a no-op (no discriminators, no loss, no before_step work).
+    window_past/window_future: graph window; relations: collapsed (4 types, default: MELD has up to 9
+    speakers -> 162 full types) | full (2*S^2); rgcn_bases: basis decomposition (0 = off);
+    edge_attention: softmax edge weights in the second graph layer; inter_modal_edges: one joint graph
+    (shared encoder, extra relation for same-utterance edges) instead of one graph per modality.
+    contrast_method: supcon (margin beta on positives) | triplet_hinge | infonce_no_margin;
+    tau; lambda_iccl / lambda_imcl weigh ICCL / IMCL; proj_dim: contrastive projection (shared).
+    head_skip: concatenate generator outputs g next to graph outputs n in the classifier."""
+
+    d: int = 256
+    dropout: float = 0.4
+    input_norm: str = "layer"
+    gen_residual: bool = True
+    adv_mode: str = "alternate"
+    lambda_adv: float = 1.0
+    disc_lr: float = 1e-4
+    disc_weight_decay: float = 0.0
+    grl_lambda: float = 1.0
+    grl_anneal_steps: int = 0
+    window_past: int = 10
+    window_future: int = 10
+    relations: str = "collapsed"
+    rgcn_bases: int = 0
+    edge_attention: bool = True
+    inter_modal_edges: bool = False
+    contrast_method: str = "supcon"
+    beta: float = 0.2
+    tau: float = 0.1
+    lambda_iccl: float = 0.1
+    lambda_imcl: float = 0.1
+    proj_dim: int = 128
+    head_skip: bool = True
+    head_hidden: int = 256
+
+
+@MODELS.register("ar-iigcn")
+class ARIIGCN(nn.Module):
+    name = "ar-iigcn"
+    config_cls = ARIIGCNConfig
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: ARIIGCNConfig):
+        super().__init__()
+        c = config
+        if c.adv_mode not in ADV_MODES:
+            raise ConfigError(f"ar-iigcn: adv_mode={c.adv_mode!r}; choose one of {list(ADV_MODES)}")
+        if c.contrast_method not in CONTRAST_METHODS:
+            raise ConfigError(f"ar-iigcn: contrast_method={c.contrast_method!r}; choose one of {list(CONTRAST_METHODS)}")
+        self.task, self.modalities, self.config = task, tuple(modalities), c
+        d = c.d
+        # h_m = MLP_m(x_m): Linear-norm-ReLU-Dropout then Linear, one space per modality (no sharing)
+        self.mlp = nn.ModuleDict({m: nn.Sequential(ModalityProjector(task.in_dims[m], d, c.dropout, c.input_norm),
+                                                   nn.Linear(d, d)) for m in modalities})
+        self.gan = AdversarialModalityGAN(self.modalities, d, c.adv_mode, c.grl_lambda, c.grl_anneal_steps)
+        self.n_rel = num_relations(task.max_speakers, c.relations)
+        if c.inter_modal_edges:
+            self.graph_enc = nn.ModuleDict({"joint": RelationalGraphEncoder(d, self.n_rel + 1, c.rgcn_bases or None,
+                                                                            c.edge_attention, c.dropout)})
+        else:
+            self.graph_enc = nn.ModuleDict({m: RelationalGraphEncoder(d, self.n_rel, c.rgcn_bases or None,
+                                                                      c.edge_attention, c.dropout) for m in modalities})
+        self.zproj = MLPHead(d, (d,), c.proj_dim)  # shared so IMCL compares modalities in one space
+        in_dim = d * len(modalities) * (2 if c.head_skip else 1)
+        self.classifier = MLPHead(in_dim, (c.head_hidden,), task.n_classes, c.dropout)
+        self._disc_opt: torch.optim.Optimizer | None = None
+
+    # -- trainer hooks -------------------------------------------------------------------------------
+    def main_parameters(self) -> list[nn.Parameter]:
+        """Everything except the discriminators in alternate mode (they have their own optimiser)."""
+        if self.config.adv_mode != "alternate":
+            return list(self.parameters())
+        disc = {id(p) for p in self.gan.discriminator_parameters()}
+        return [p for p in self.parameters() if id(p) not in disc]
+
+    def before_step(self, batch: DialogueBatch) -> None:
+        """alternate mode: one discriminator step on detached generator outputs (no-op otherwise)."""
+        if self.config.adv_mode != "alternate" or not self.gan.active or not self.training:
+            return
+        params = self.gan.discriminator_parameters()
+        if self._disc_opt is None:
+            self._disc_opt = torch.optim.Adam(params, lr=self.config.disc_lr, weight_decay=self.config.disc_weight_decay)
+        with torch.no_grad():
+            _, g, _ = self._generate(batch)
+        self._disc_opt.zero_grad(set_to_none=True)
+        loss = self.gan.disc_loss(g, batch.mask, {m: batch.presence(m) for m in self.modalities})
+        loss.backward()
+        self._disc_opt.step()
+        self._disc_opt.zero_grad(set_to_none=True)  # the main backward must not see stale D gradients
+
+    # -- forward -------------------------------------------------------------------------------------
+    def _generate(self, batch: DialogueBatch) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """h (MLP spaces) and g (generator outputs), both modality -> [B, N, d]; presence -> [B, N]."""
+        mask = batch.mask
+        h, pres = {}, {}
+        for m in self.modalities:
+            p = batch.presence(m)
+            x = batch.feats[m] * p[..., None].to(batch.feats[m].dtype)
+            h[m] = unflatten_valid(self.mlp[m](flatten_valid(x, mask)) * flatten_valid(p, mask)[:, None], mask)
+            pres[m] = p
+        g = self.gan.generate(h, mask)
+        if self.config.gen_residual:
+            g = {m: g[m] + h[m] for m in self.modalities}
+        return h, g, pres
+
+    def _graph(self, batch: DialogueBatch) -> Graph:
+        c = self.config
+        return speaker_relational_graph(batch.mask, batch.speaker, c.window_past, c.window_future,
+                                        self.task.max_speakers, c.relations)
+
+    def _encode_graph(self, gf: list[Tensor], graph: Graph, keep: list[Tensor]) -> list[Tensor]:
+        """Per-modality graphs (or one joint graph): node features [M, d] each -> [M, d] each."""
+        if not self.config.inter_modal_edges:
+            out = []
+            for m, x, kp in zip(self.modalities, gf, keep):
+                ok = kp[graph.edge_index[0]] & kp[graph.edge_index[1]]  # absent media: no messages
+                out.append(self.graph_enc[m](x, graph.edge_index[:, ok], graph.edge_type[ok]))
+            return out
+        m_count, k = gf[0].shape[0], len(gf)
+        utt = torch.arange(m_count, device=gf[0].device)
+        src = [graph.edge_index[0] + i * m_count for i in range(k)]
+        dst = [graph.edge_index[1] + i * m_count for i in range(k)]
+        typ = [graph.edge_type] * k
+        for i in range(k):
+            for j in range(k):
+                if i != j:
+                    src.append(utt + j * m_count), dst.append(utt + i * m_count)
+                    typ.append(torch.full_like(utt, self.n_rel))
+        ei, et, kp = torch.stack([torch.cat(src), torch.cat(dst)]), torch.cat(typ), torch.cat(keep)
+        ok = kp[ei[0]] & kp[ei[1]]
+        return list(self.graph_enc["joint"](torch.cat(gf, 0), ei[:, ok], et[ok]).split(m_count, 0))
+
+    def forward(self, batch: DialogueBatch) -> ModelOutput:
+        c, mask = self.config, batch.mask
+        _, g, pres = self._generate(batch)
+        gf = [flatten_valid(g[m], mask) for m in self.modalities]
+        keep = [flatten_valid(pres[m], mask) for m in self.modalities]
+        n = self._encode_graph(gf, self._graph(batch), keep)
+        parts = [t for i in range(len(n)) for t in ((n[i], gf[i]) if c.head_skip else (n[i],))]
+        f = torch.cat(parts, -1)
+        logits = self.classifier(f)
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if self.gan.active and c.lambda_adv > 0:
+                losses["adversarial"] = c.lambda_adv * self.gan.main_loss(g, mask, pres)
+            losses.update(self._contrast(batch, n, keep))
+        return ModelOutput(logits=unflatten_valid(logits, mask), losses=losses, embeddings=unflatten_valid(f, mask))
+
+    def _contrast(self, batch: DialogueBatch, n: list[Tensor], keep: list[Tensor]) -> dict[str, Tensor]:
+        c, k = self.config, len(n)
+        z = self.zproj(torch.cat(n, 0))
+        y = flatten_valid(batch.label, batch.mask).repeat(k)
+        group = torch.arange(k, device=z.device).repeat_interleave(n[0].shape[0])
+        valid = torch.cat(keep) & (y >= 0)
+        out: dict[str, Tensor] = {}
+        for name, kind, weight in (("iccl", "iccl", c.lambda_iccl), ("imcl", "imcl", c.lambda_imcl)):
+            if weight > 0 and (kind == "iccl" or k > 1):
+                out[name] = weight * node_contrast(z[valid], y[valid], group[valid], kind=kind, tau=c.tau,
+                                                   margin=c.beta, denominator="pos_plus_neg", method=c.contrast_method)
+        return out
