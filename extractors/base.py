@@ -114,6 +114,14 @@ class Extractor:
             out[WEIGHTS_KEY] = ident
         return out
 
+    def key_config(self) -> dict[str, Any]:
+        """`resolved_config()` without where local weights live: for a local checkpoint the sha256 of
+        its files is the identity, so copying or moving the weights keeps every cache key."""
+        out = self.resolved_config()
+        if "sha256" in (out.get(WEIGHTS_KEY) or {}) and "model" in out:
+            out["model"] = "<local>"
+        return out
+
     def provenance(self) -> dict[str, Any]:
         """Recorded next to the features, never hashed: library versions, resolved paths, device."""
         import platform

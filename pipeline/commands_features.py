@@ -1,0 +1,125 @@
+"""`mer-pipe features` and `mer-pipe cache ls|verify|gc|du` (typer functions registered in pipeline/cli.py).
+
+Options default to None so defaults stay in one place (presets.py, plan.py, executors.py).
+Heavy imports happen inside the functions to keep `mer-pipe --help` fast.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+import typer
+
+_CACHE_HELP = "Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe)."
+
+
+def features(
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Prepared dataset name (see `mer-pipe prepare`).")],
+    preset: Annotated[Optional[str], typer.Option(help="Extractor preset: offline (no downloads; tiny Swin/wav2vec2 are plumbing) or paper (RoBERTa-large, wav2vec2-base, eGeMAPS, Swin-base; needs weights).")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated slots to extract, e.g. t,a (offline: t, a, v, a_w2v).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Per-slot override SLOT.KEY=VALUE, e.g. t.model=/path/to/roberta-large or a.extractor=wav2vec2 (repeatable).")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="serial (in this process, the reference) or dask (local process cluster, or --scheduler). Default dask.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes of the local dask cluster (default: CPU cores, at most 4).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (tcp://host:8786); its workers must see the same cache directory.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N. Never changes a cache key.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first media failure (naming utterance, file and reason) instead of recording it.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Utterances per forward pass for every slot (default per slot in the preset).")] = None,
+    shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Utterances per shard for new feature sets (default 256; existing sets keep theirs).")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
+    from .executors import ExecutorConfig
+    from .features import extract_features
+    from .manifest import cache_root
+    from .presets import DEFAULT_PRESET, resolve_slots
+
+    ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind),
+                            workers=workers, scheduler=scheduler)
+    root = cache_root(cache_dir)
+    slots = resolve_slots(preset or DEFAULT_PRESET, only, set_ or (), cache_root=root)
+    summary = extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
+                               strict=strict, batch_size=batch_size, shard_size=shard_size,
+                               progress=not no_progress)
+    typer.echo(summary.format())
+
+
+cache_app = typer.Typer(help="Inspect and maintain the feature cache.", no_args_is_help=True,
+                        add_completion=False, pretty_exceptions_enable=False)
+
+
+def _store(cache_dir: Path | None):
+    from mer_pipe.cache.store import FeatureStore
+
+    from .manifest import cache_root
+
+    return FeatureStore(cache_root(cache_dir))
+
+
+def format_table(rows: Sequence[dict[str, Any]], empty: str = "(nothing)") -> str:
+    """Left-aligned columns from a list of ordered dicts with the same keys."""
+    if not rows:
+        return empty
+    cols = list(rows[0])
+    cells = [cols] + [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+@cache_app.command("ls")
+def cache_ls(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+) -> None:
+    """List feature sets: slots locked to them, dim, utterances, failures, shards, size."""
+    store = _store(cache_dir)
+    typer.echo(format_table([i.row() for i in store.ls(dataset)], f"no feature sets in {store.root}"))
+
+
+@cache_app.command("verify")
+def cache_verify(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+) -> None:
+    """Re-read every shard (checksums, keys, completeness, locks). Exit code 1 when a problem is found."""
+    store = _store(cache_dir)
+    problems = store.verify(dataset)
+    if not problems:
+        n = len(store.ls(dataset))
+        typer.echo(f"ok: {n} feature set{'s' if n != 1 else ''} verified in {store.root}")
+        return
+    typer.echo(format_table([p.row() for p in problems]))
+    typer.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", err=True)
+    # SystemExit, not typer.Exit: the CLI runs click with standalone_mode=False, where Exit(1) would
+    # only be returned and the process would still exit 0.
+    raise SystemExit(1)
+
+
+@cache_app.command("gc")
+def cache_gc(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete (default: only list what would go).")] = False,
+    grace: Annotated[Optional[float], typer.Option(help="Keep anything written in the last GRACE seconds (default 600: a run may be in progress).")] = None,
+) -> None:
+    """Remove feature sets no lock refers to, and stale temp files. Dry run unless --yes."""
+    store = _store(cache_dir)
+    kwargs = {} if grace is None else {"grace_s": grace}
+    victims = store.gc(dry_run=not yes, **kwargs)
+    if not victims:
+        typer.echo("nothing to collect")
+        return
+    for p in victims:
+        typer.echo(("removed " if yes else "would remove ") + str(p))
+    if not yes:
+        typer.echo(f"{len(victims)} item(s); rerun with --yes to delete them")
+
+
+@cache_app.command("du")
+def cache_du(
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+) -> None:
+    """Disk use per feature set and per dataset."""
+    store = _store(cache_dir)
+    rows = [u.row() for u in store.du() if dataset is None or u.dataset == dataset]
+    typer.echo(format_table(rows, f"nothing stored in {store.root}"))

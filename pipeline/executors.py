@@ -1,0 +1,182 @@
+"""Executors: the only way the feature run goes parallel.
+
+An executor takes a picklable function and a list of plain task specs and yields `(task, result)`
+pairs as tasks finish. `serial` runs them in this process (the reference every other executor must
+match bit for bit); `dask` runs them on a local process cluster, or on an existing scheduler given by
+address (many machines sharing one filesystem). Tasks carry paths, names, config dicts and ids only,
+so nothing heavy is pickled; each worker process loads its extractor once (see `features.py`).
+
+A task that raises stops the run: the remaining tasks are cancelled, completed shards stay on disk
+(they are written atomically), and the next run resubmits only what is missing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from mer_pipe.common.errors import ConfigError, MerPipeError
+
+EXECUTORS = ("serial", "dask")
+DEFAULT_EXECUTOR = "dask"
+
+# Worker processes must not each spawn one BLAS/OpenMP thread per core: with N workers on N cores
+# that oversubscribes the machine N-fold. torch threads are set per task spec as well.
+_SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How to run tasks. Never part of a cache key."""
+
+    kind: str = DEFAULT_EXECUTOR
+    workers: int | None = None  # None: one per CPU core, at most 4 (for the local dask cluster)
+    scheduler: str | None = None  # tcp://host:8786 -> use that cluster instead of starting one
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise ConfigError(f"--executor {self.kind!r} is not known; choose one of: {', '.join(EXECUTORS)}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers {self.workers} must be >= 1")
+        if self.scheduler is not None and self.kind != "dask":
+            raise ConfigError(f"--scheduler {self.scheduler} needs --executor dask (got --executor {self.kind})")
+
+
+def default_workers() -> int:
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Executor:
+    """Base: `run(fn, tasks)` yields `(task, fn(task))` in completion order; `close()` frees resources."""
+
+    name = "base"
+    n_workers = 1
+    # True when tasks run in a process of their own (so the task should pin torch to one thread).
+    isolated = False
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SerialExecutor(Executor):
+    """Runs tasks one after another in this process, in the order given. The reference."""
+
+    name = "serial"
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+        for task in tasks:
+            yield task, fn(task)
+
+
+class DaskExecutor(Executor):
+    """A dask.distributed client: a local process cluster, or an existing scheduler by address.
+
+    Local cluster: `LocalCluster(processes=True, n_workers=N, threads_per_worker=1)`, so one task
+    per process and no GIL or torch-thread contention between tasks.
+    """
+
+    name = "dask"
+    isolated = True
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, connect_timeout: str = "20s") -> None:
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if scheduler:
+            try:
+                self._client = Client(scheduler, timeout=connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(
+                    f"cannot reach the dask scheduler at --scheduler {scheduler} ({exc}); start one with "
+                    "`dask scheduler` and workers with `dask worker ADDRESS` on machines that see the same "
+                    "cache directory, or drop --scheduler to use a local cluster"
+                ) from None
+            self.n_workers = max(1, len(self._client.scheduler_info().get("workers", {})))
+            self._where = scheduler
+        else:
+            n = workers or default_workers()
+            self._cluster = LocalCluster(
+                processes=True,
+                n_workers=n,
+                threads_per_worker=1,
+                dashboard_address=None,
+                host="127.0.0.1",
+                silence_logs=logging.ERROR,
+                env=dict(_SINGLE_THREAD_ENV),
+            )
+            self._client = Client(self._cluster)
+            self.n_workers = n
+            self._where = f"local, {n} worker process{'es' if n != 1 else ''}"
+
+    def describe(self) -> str:
+        return f"dask ({self._where})"
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        # pure=False: a task's identity is its shard, not a hash of its arguments; priorities keep
+        # roughly the submission (manifest) order so shards finish front to back.
+        futures = {}
+        for i, task in enumerate(tasks):
+            fut = self._client.submit(fn, task, pure=False, priority=len(tasks) - i)
+            futures[fut.key] = (fut, task)
+        from distributed.scheduler import KilledWorker
+
+        try:
+            for fut in as_completed([f for f, _ in futures.values()]):
+                _, task = futures[fut.key]
+                try:
+                    result = fut.result()  # re-raises the task's exception here
+                except KilledWorker as exc:
+                    # dask already retried it on other workers: the task itself kills its process.
+                    raise MerPipeError(
+                        f"a task ({_describe(task)}) killed its worker process on every retry ({exc}); likely out "
+                        "of memory: rerun with fewer --workers or a smaller --batch-size (completed shards are kept)"
+                    ) from None
+                yield task, result
+                fut.release()
+        finally:
+            # On an error, Ctrl-C or an abandoned generator: stop what is still queued or running.
+            pending = [f for f, _ in futures.values() if not f.done()]
+            if pending:
+                self._client.cancel(pending)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()
+
+
+def _describe(task: Any) -> str:
+    path = getattr(task, "path", None)
+    return f"shard {path}" if path else repr(task)[:200]
+
+
+def make_executor(config: ExecutorConfig) -> Executor:
+    """Build the executor `config` names (starts a local cluster for `dask` without a scheduler)."""
+    if config.kind == "serial":
+        return SerialExecutor()
+    return DaskExecutor(workers=config.workers, scheduler=config.scheduler)

@@ -1,0 +1,280 @@
+"""The feature run: plan -> executor -> one shard per task -> lock the slots that completed.
+
+A task (`run_shard`) decodes the media of its utterances, runs the extractor in batches and writes
+one shard atomically. Media failures become per-utterance rows with a reason (or, with `strict`,
+stop the run naming the utterance, file and reason). The extractor is built once per worker process
+and reused across tasks (keyed by name, resolved config and device).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from mer_pipe.common.errors import MediaError, ModelLoadError
+
+from .executors import ExecutorConfig, make_executor
+from .plan import Plan, ShardTask, Stage, make_plan, with_run_settings
+from .presets import SlotSpec
+from .progress import Progress, RunSummary, StageSummary, reason_category
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# Per worker process: extractors already set up, keyed by (name, canonical config, device).
+_LOADED: dict[tuple[str, str, str], Any] = {}
+_THREADS_SET = False
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What a task reports back (plain data). failures: (utterance id, reason) pairs."""
+
+    key: str
+    index: int
+    n: int
+    n_ok: int
+    failures: tuple[tuple[str, str], ...]
+    bytes: int
+    dim: int
+    layout: str
+    decode_s: float
+    forward_s: float
+    total_s: float
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _extractor(task: ShardTask):
+    """The set-up extractor for `task`, built at most once per process."""
+    from mer_pipe.cache.keys import canonical_json
+    from mer_pipe.extractors import build_extractor
+
+    ident = (task.extractor, canonical_json(task.config), task.device)
+    ext = _LOADED.get(ident)
+    if ext is None:
+        _quiet_transformers()
+        ext = build_extractor(task.extractor, dict(task.config))
+        ext.setup(task.device)
+        _LOADED[ident] = ext
+    return ext
+
+
+def _quiet_transformers() -> None:
+    # Per-model "Loading weights" bars from every worker would shred the run's own progress bar.
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
+def _set_threads(n: int | None) -> None:
+    global _THREADS_SET
+    # Only when the extractor uses torch: importing it for openSMILE would cost seconds per worker.
+    if n is None or _THREADS_SET or "torch" not in sys.modules:
+        return
+    import torch
+
+    # One task per worker process: more torch threads per process would oversubscribe the cores.
+    torch.set_num_threads(n)
+    _THREADS_SET = True
+
+
+def _decode(modality: str, item: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    if modality == "text":
+        return item["text"]
+    if item["path"] is None:
+        raise MediaError(f"manifest row has no {modality} file (it was missing from the corpus when prepared)")
+    from mer_pipe.extractors.media import load_audio, load_frames
+
+    if modality == "audio":
+        return load_audio(item["path"], segment=item["segment"], **kwargs)
+    return load_frames(item["path"], segment=item["segment"], **kwargs)
+
+
+def _strict_error(task: ShardTask, uid: str, exc: MediaError) -> MediaError:
+    return MediaError(
+        f"utterance {uid!r} ({task.modality}, {task.extractor}): {exc} [--strict stops at the first media failure; "
+        f"completed shards are kept; drop --strict to record such utterances as failed and go on]"
+    )
+
+
+def _layout(arrays: list[Any]) -> str:
+    ok = [a for a in arrays if a is not None]
+    if not ok or ok[0].ndim == 1:
+        return "pooled"
+    return "sequence" if len({a.shape[0] for a in ok}) == 1 else "ragged"
+
+
+def _forward(ext: Any, idx: list[int], inputs: list[Any], fail: Any) -> list[Any]:
+    """Batched forward; when the batch raises MediaError, retry one by one so a single bad input (say,
+    audio too short for the model) does not sink its batch-mates."""
+    try:
+        return ext.extract(inputs)
+    except MediaError:
+        outs: list[Any] = []
+        for i, x in zip(idx, inputs):
+            try:
+                outs.append(ext.extract([x])[0])
+            except MediaError as exc:
+                fail(i, exc)
+                outs.append(None)
+        return outs
+
+
+def run_shard(task: ShardTask) -> ShardResult:
+    """Decode -> batched forward -> write one shard. Runs in a worker (or in-process for `serial`)."""
+    from mer_pipe.cache.shard import basic_provenance, write_shard
+
+    t_start = time.perf_counter()
+    try:
+        ext = _extractor(task)
+    except ModelLoadError as exc:
+        slot = task.slots[0] if task.slots else "SLOT"
+        raise ModelLoadError(f"slot {','.join(task.slots)} ({task.extractor}): {exc}; "
+                             f"e.g. --set {slot}.model=/path/to/local/checkpoint") from None
+    _set_threads(task.torch_threads)
+    kwargs = ext.decode_kwargs()
+    ids = [it["id"] for it in task.items]
+    arrays: list[Any] = [None] * len(ids)
+    reasons: dict[str, str] = {}
+    decode_s = forward_s = 0.0
+
+    def fail(i: int, exc: MediaError) -> None:
+        if task.strict:
+            raise _strict_error(task, ids[i], exc) from None
+        reasons[ids[i]] = str(exc)
+
+    def decode(lo: int) -> tuple[list[int], list[Any], list[tuple[int, MediaError]], float]:
+        t0 = time.perf_counter()
+        idx, inputs, failed = [], [], []
+        for i in order[lo:lo + task.batch_size]:
+            try:
+                inputs.append(_decode(task.modality, task.items[i], kwargs))
+                idx.append(i)
+            except MediaError as exc:
+                failed.append((i, exc))
+        return idx, inputs, failed, time.perf_counter() - t0
+
+    # Texts are batched in order of length, so a batch pads to similar lengths (results go back by index).
+    order = list(range(len(ids)))
+    if task.modality == "text":
+        order.sort(key=lambda i: len(task.items[i]["text"]))
+    # One batch at a time: 256 decoded video clips would not fit in memory. (Decoding the next batch in a
+    # helper thread while the model runs measured no gain here and made timings erratic under contention.)
+    for lo in range(0, len(ids), task.batch_size):
+        batch_idx, batch_in, failed, dt = decode(lo)
+        decode_s += dt
+        for i, exc in failed:
+            fail(i, exc)
+        t1 = time.perf_counter()
+        if batch_in:
+            for i, out in zip(batch_idx, _forward(ext, batch_idx, batch_in, fail)):
+                arrays[i] = out
+        forward_s += time.perf_counter() - t1
+
+    prov = {**basic_provenance(), **ext.provenance(), "pid": os.getpid()}
+    attrs = {**task.attrs, "provenance": prov}
+    path = write_shard(task.path, ids, arrays, reasons, dtype=task.dtype, attrs=attrs, dim=ext.dim)
+    return ShardResult(
+        key=task.key, index=task.index, n=len(ids), n_ok=len(ids) - len(reasons),
+        failures=tuple((uid, reasons[uid]) for uid in ids if uid in reasons),
+        bytes=Path(path).stat().st_size, dim=int(ext.dim), layout=_layout(arrays),
+        decode_s=decode_s, forward_s=forward_s, total_s=time.perf_counter() - t_start, provenance=prov,
+    )
+
+
+def _finish_stage(plan: Plan, stage: Stage, summary: StageSummary) -> None:
+    """All shards exist: complete spec.json (dim, layout, failures) once, then point the slots at it."""
+    from mer_pipe.cache.shard import read_shard
+    from mer_pipe.cache.store import FeatureStore
+
+    store = FeatureStore(plan.root)
+    spec = store.read_spec(stage.dataset, stage.extractor, stage.key)
+    if summary.computed_shards or not spec.get("complete"):
+        # Count over every shard (some may come from an earlier, interrupted run); values are not read.
+        failures: dict[str, int] = {}
+        dims, layouts = set(), set()
+        for i in range(stage.n_shards):
+            sh = read_shard(store.shard_path(stage.dataset, stage.extractor, stage.key, i, stage.n_shards), values=False)
+            dims.add(sh.dim)
+            if sh.valid.any():
+                layouts.add(sh.layout)
+            for reason in sh.reasons.values():
+                cat = reason_category(reason)
+                failures[cat] = failures.get(cat, 0) + 1
+        layout = "ragged" if len(layouts) > 1 else (layouts.pop() if layouts else "pooled")
+        spec = {**spec, "dim": max(dims), "layout": layout, "failures": failures,
+                "n_failed": sum(failures.values()), "complete": True}
+        if summary.provenance:
+            spec["provenance"] = summary.provenance
+        store.write_spec(stage.dataset, stage.extractor, stage.key, spec)
+    summary.dim = int(spec["dim"])
+    summary.layout = spec.get("layout")
+    summary.all_failures = dict(spec.get("failures", {}))
+    for slot in stage.slots:
+        store.set_lock(stage.dataset, slot, {"extractor": stage.extractor, "key": stage.key,
+                                             "dim": summary.dim, "layout": summary.layout})
+
+
+def extract_features(
+    dataset: str,
+    slots: Sequence[SlotSpec],
+    *,
+    cache_dir: str | Path | None = None,
+    executor: ExecutorConfig | None = None,
+    device: str = "auto",
+    strict: bool = False,
+    batch_size: int | None = None,
+    shard_size: int | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Make every slot's feature set complete and lock it; returns the run summary.
+
+    Only missing shards are computed; a second identical run starts no executor at all.
+    """
+    from mer_pipe.common.errors import ConfigError
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be >= 1")
+    executor = executor or ExecutorConfig()
+    t0 = time.perf_counter()
+    plan = make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size)
+    summary = RunSummary(dataset=dataset, executor=executor.kind, stages={
+        s.key: StageSummary(slots=s.slots, extractor=s.extractor, key=s.key, n_shards=s.n_shards,
+                            cached_shards=s.n_shards - len(s.missing))
+        for s in plan.stages
+    })
+    by_key = {s.key: s for s in plan.stages}
+    remaining = {s.key: len(s.missing) for s in plan.stages}
+    for s in plan.stages:
+        if s.complete:
+            _finish_stage(plan, s, summary.stages[s.key])
+
+    tasks = plan.tasks
+    if tasks:
+        with make_executor(executor) as ex:
+            summary.executor = ex.describe()
+            threads = 1 if ex.isolated else None
+            tasks = [with_run_settings(t, device=device, strict=strict, torch_threads=threads,
+                                       batch_size=batch_size) for t in tasks]
+            bar = Progress(total=sum(t.n for t in tasks), enabled=progress)
+            try:
+                for task, result in ex.run(run_shard, tasks):
+                    st = summary.stages[task.key]
+                    st.add(result)
+                    bar.update(result.n, result.n - result.n_ok)
+                    remaining[task.key] -= 1
+                    if remaining[task.key] == 0:
+                        _finish_stage(plan, by_key[task.key], st)
+            finally:
+                bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+__all__ = ["extract_features", "run_shard", "ShardResult", "reason_category"]

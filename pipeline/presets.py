@@ -1,0 +1,172 @@
+"""Feature presets: which extractor and config fills each slot. Every default lives here.
+
+`offline` runs anywhere without downloads: the packaged all-MiniLM-L6-v2 for text, openSMILE
+eGeMAPSv02 for audio, and tiny randomly initialised Swin / wav2vec2 checkpoints (created on first use
+under `<cache>/_weights/`). The tiny ones are PLUMBING, not research features: they exercise the exact
+code path real checkpoints take. `paper` names the encoders the published models use (RoBERTa-large,
+wav2vec2-base as DeepMSI's audio, eGeMAPS, Swin-base); they need downloaded weights or local paths.
+
+Per-slot overrides come from the CLI as `--set SLOT.KEY=VALUE` (VALUE parsed as YAML: 3, true, null);
+`--set SLOT.extractor=NAME` swaps the extractor (and clears the preset's config for that slot),
+which is also how a new slot is added. `--only t,a` keeps a subset.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from mer_pipe.common.errors import ConfigError
+
+DEFAULT_PRESET = "offline"
+TINY_PREFIX = "tiny:"  # a config value "tiny:swin" means "the tiny checkpoint under <cache>/_weights/"
+WEIGHTS_DIR = "_weights"
+_SLOT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """One slot of a feature run: the extractor's registered name and its (unresolved) config.
+
+    batch_size is a run setting (never hashed): utterances per forward pass.
+    """
+
+    slot: str
+    extractor: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 16
+    note: str = ""
+
+
+PRESETS: dict[str, tuple[SlotSpec, ...]] = {
+    "offline": (
+        SlotSpec("t", "text-hf", {}, 64, "all-MiniLM-L6-v2 (packaged, offline)"),
+        SlotSpec("a", "opensmile", {}, 16, "openSMILE eGeMAPSv02 functionals"),
+        SlotSpec("v", "swin", {"model": "tiny:swin"}, 8, "tiny Swin: plumbing, not research features"),
+        SlotSpec("a_w2v", "wav2vec2", {"model": "tiny:wav2vec2"}, 8, "tiny wav2vec2: plumbing, not research features"),
+    ),
+    "paper": (
+        SlotSpec("t", "text-hf", {"model": "FacebookAI/roberta-large"}, 32, "RoBERTa-large (hub id or local dir)"),
+        SlotSpec("a", "opensmile", {}, 16, "openSMILE eGeMAPSv02 functionals"),
+        SlotSpec("a_w2v", "wav2vec2", {"model": "facebook/wav2vec2-base"}, 8, "wav2vec2-base (DeepMSI's audio)"),
+        SlotSpec("v", "swin", {"model": "microsoft/swin-base-patch4-window7-224"}, 8, "Swin-base, 15 frames"),
+    ),
+}
+
+
+def _tiny_builders() -> dict[str, Callable[[Path], Path]]:
+    from mer_pipe.extractors import tiny
+
+    return {"swin": tiny.ensure_tiny_swin, "wav2vec2": tiny.ensure_tiny_wav2vec2, "text": tiny.ensure_tiny_text}
+
+
+def preset_slots(name: str) -> tuple[SlotSpec, ...]:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar parsing for --set values: '3' -> 3, 'true' -> True, 'null' -> None, paths stay strings."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) and not text.strip().startswith(("[", "{")) else value
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'t.model=/path' -> ('t', 'model', '/path')."""
+    head, sep, raw = text.partition("=")
+    slot, dot, key = head.strip().partition(".")
+    if not sep or not dot or not slot or not key:
+        raise ConfigError(
+            f"--set {text!r} is not SLOT.KEY=VALUE; e.g. --set t.model=/path/to/roberta-large, "
+            "--set a.extractor=wav2vec2, --set v.batch_size=4"
+        )
+    if not _SLOT_RE.match(slot):
+        raise ConfigError(f"--set {text!r}: slot name {slot!r} must be letters, digits and _ (e.g. t, a, v, a_w2v)")
+    return slot, key.strip(), parse_value(raw.strip())
+
+
+def parse_only(only: str | Sequence[str] | None) -> list[str] | None:
+    """'t,a' or ['t', 'a'] -> ['t', 'a']; None or '' -> None (all slots)."""
+    if only is None:
+        return None
+    parts = only.split(",") if isinstance(only, str) else [p for o in only for p in o.split(",")]
+    names = [p.strip() for p in parts if p.strip()]
+    return names or None
+
+
+def resolve_slots(
+    preset: str | None = None,
+    only: str | Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    cache_root: str | Path | None = None,
+) -> list[SlotSpec]:
+    """Preset slots with overrides applied, filtered by `only`, tiny checkpoints materialised.
+
+    Tiny checkpoints ("tiny:NAME" values) are built once under `<cache_root>/_weights/tiny-NAME`.
+    """
+    slots: dict[str, SlotSpec] = {s.slot: s for s in preset_slots(preset or DEFAULT_PRESET)}
+    for text in overrides:
+        slot, key, value = parse_override(text)
+        current = slots.get(slot)
+        if key == "extractor":
+            if not isinstance(value, str):
+                raise ConfigError(f"--set {text!r}: extractor must be a registered name (e.g. text-hf, wav2vec2)")
+            slots[slot] = SlotSpec(slot, value, {}, current.batch_size if current else 16, "set on the command line")
+            continue
+        if current is None:
+            raise ConfigError(
+                f"--set {text!r}: slot {slot!r} is not in preset {preset or DEFAULT_PRESET!r} "
+                f"(slots: {', '.join(slots)}); add it first with --set {slot}.extractor=NAME"
+            )
+        if key == "batch_size":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"--set {text!r}: batch_size must be a positive integer")
+            slots[slot] = replace(current, batch_size=value)
+        else:
+            slots[slot] = replace(current, config={**current.config, key: value})
+
+    wanted = parse_only(only)
+    if wanted is not None:
+        unknown = [s for s in wanted if s not in slots]
+        if unknown:
+            raise ConfigError(f"--only {','.join(unknown)}: no such slot; choose from: {', '.join(slots)}")
+        chosen = [slots[s] for s in dict.fromkeys(wanted)]
+    else:
+        chosen = list(slots.values())
+    return [materialise_tiny(s, cache_root) for s in chosen]
+
+
+def weights_dir(cache_root: str | Path | None = None) -> Path:
+    from .manifest import cache_root as _root
+
+    return _root(cache_root) / WEIGHTS_DIR
+
+
+def materialise_tiny(spec: SlotSpec, cache_root: str | Path | None = None) -> SlotSpec:
+    """Replace "tiny:NAME" config values by the path of that tiny checkpoint (built on first use)."""
+    tiny = {k: v for k, v in spec.config.items() if isinstance(v, str) and v.startswith(TINY_PREFIX)}
+    if not tiny:
+        return spec
+    builders = _tiny_builders()
+    config = dict(spec.config)
+    for k, v in tiny.items():
+        name = v[len(TINY_PREFIX):]
+        if name not in builders:
+            raise ConfigError(f"slot {spec.slot!r}: {k}={v!r} names no tiny checkpoint; choose one of: "
+                              + ", ".join(TINY_PREFIX + b for b in builders))
+        config[k] = str(builders[name](weights_dir(cache_root) / f"tiny-{name}"))
+    return replace(spec, config=config)
+
+
+def describe(preset: str) -> str:
+    """One line per slot, for --help style listings."""
+    return "\n".join(f"  {s.slot:6s} {s.extractor:10s} {dict(s.config)}  ({s.note})" for s in preset_slots(preset))

@@ -1,0 +1,153 @@
+"""Progress bar and run summary of a feature run (items, failures by reason, time, throughput, bytes)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+_PAREN = re.compile(r"\s*\(.*$")
+
+
+def reason_category(reason: str) -> str:
+    """A short, path-free reason for counting failures: '/x/dia1_utt2.mp4: no audio stream (streams: ...)'
+    -> 'no audio stream'. The full reason stays in the shard."""
+    text = reason.strip()
+    # media errors start with "<path>: "; utterance-prefixed ones with "utterance 'x' (...): "
+    head, sep, rest = text.partition(": ")
+    if sep and ("/" in head or "\\" in head or head.startswith(("(", "utterance"))):
+        text = rest
+    text = text.split(";", 1)[0]
+    text = _PAREN.sub("", text).strip()
+    return text or "unknown"
+
+
+class Progress:
+    """tqdm over utterances (rate in utt/s and ETA); a no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self._bar = None
+        self._failed = 0
+        if enabled and total:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="utt", desc="features", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int, failed: int = 0) -> None:
+        if self._bar is None:
+            return
+        self._failed += failed
+        if self._failed:
+            self._bar.set_postfix(failed=self._failed, refresh=False)
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class StageSummary:
+    """Counters of one stage in one run; `all_failures` covers every shard (from spec.json)."""
+
+    slots: tuple[str, ...]
+    extractor: str
+    key: str
+    n_shards: int
+    cached_shards: int = 0
+    computed_shards: int = 0
+    items: int = 0
+    ok: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> first utterance id
+    bytes: int = 0
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+    task_s: float = 0.0
+    dim: int | None = None
+    layout: str | None = None
+    all_failures: dict[str, int] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, result: Any) -> None:
+        """Fold in a ShardResult."""
+        self.computed_shards += 1
+        self.items += result.n
+        self.ok += result.n_ok
+        self.bytes += result.bytes
+        self.decode_s += result.decode_s
+        self.forward_s += result.forward_s
+        self.task_s += result.total_s
+        self.dim = result.dim
+        self.layout = self.layout or result.layout
+        if not self.provenance:
+            self.provenance = {k: v for k, v in result.provenance.items() if k not in ("pid", "time")}
+        for uid, reason in result.failures:
+            cat = reason_category(reason)
+            self.failures[cat] = self.failures.get(cat, 0) + 1
+            self.examples.setdefault(cat, uid)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(self.failures.values())
+
+
+@dataclass
+class RunSummary:
+    dataset: str
+    executor: str
+    stages: dict[str, StageSummary] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def items(self) -> int:
+        return sum(s.items for s in self.stages.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(s.n_failed for s in self.stages.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.stages.values())
+
+    @property
+    def submitted_shards(self) -> int:
+        return sum(s.computed_shards for s in self.stages.values())
+
+    @property
+    def throughput(self) -> float:
+        """Utterances computed per second of wall time (whole run, start-up included)."""
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset, "executor": self.executor, "seconds": self.seconds, "items": self.items,
+            "failed": self.failed, "bytes": self.bytes, "throughput": self.throughput,
+            "stages": {k: {f: getattr(s, f) for f in ("slots", "extractor", "key", "n_shards", "cached_shards",
+                                                       "computed_shards", "items", "ok", "failures", "all_failures",
+                                                       "bytes", "decode_s", "forward_s", "task_s", "dim", "layout")}
+                       for k, s in self.stages.items()},
+        }
+
+    def format(self) -> str:
+        """A table: one row per stage, then failures by reason, then totals."""
+        rows = [("slot", "extractor", "key", "dim", "shards new/cached", "utts", "failed", "MB")]
+        for s in self.stages.values():
+            rows.append((",".join(s.slots), s.extractor, s.key, str(s.dim if s.dim is not None else "?"),
+                         f"{s.computed_shards}/{s.cached_shards}", str(s.items), str(s.n_failed),
+                         f"{s.bytes / 1e6:.2f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        for s in self.stages.values():
+            counts = s.failures if s.computed_shards else s.all_failures
+            for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                eg = f" (e.g. {s.examples[reason]})" if reason in s.examples else ""
+                when = "" if s.computed_shards else " [cached]"
+                lines.append(f"  {','.join(s.slots)}: {n} failed: {reason}{eg}{when}")
+        lines.append(
+            f"{self.dataset}: {self.items} utterances extracted in {self.seconds:.1f} s "
+            f"({self.throughput:.1f} utt/s, {self.executor}), {self.failed} failed, "
+            f"{self.submitted_shards} shards written ({self.bytes / 1e6:.2f} MB)"
+            + ("; everything was cached" if not self.submitted_shards else "")
+        )
+        return "\n".join(lines)
