@@ -1,0 +1,81 @@
+"""`mer-pipe evaluate RUN_DIR`: reload a checkpoint and the features it was trained on, re-score the test
+utterances of every stored (seed, fold) and compare with the metrics saved at training time."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mer_pipe.common.errors import CacheError
+
+from .data import load_corpus, make_view
+from .metrics import aggregate, classification_metrics
+from .report import SCALARS, load_checkpoint
+
+
+def task_from_dict(d: dict[str, Any]):
+    """TaskInfo from its checkpoint form (lists back to tuples)."""
+    from mer_pipe.models.batch import TaskInfo
+
+    return TaskInfo(
+        n_classes=int(d["n_classes"]), class_names=tuple(d["class_names"]),
+        in_dims={k: int(v) for k, v in d["in_dims"].items()},
+        frame_shapes={k: tuple(int(x) for x in v) for k, v in d.get("frame_shapes", {}).items()},
+        max_speakers=int(d.get("max_speakers", 9)),
+        class_polarities=tuple(tuple(int(x) for x in p) for p in d.get("class_polarities", ())),
+    )
+
+
+def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, device: str = "cpu",
+                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Re-score a run. Refuses (CacheError) features whose key differs from the checkpoint's.
+
+    Returns {"runs": [{seed, fold, test, stored, reproduced}], "aggregate": {...}, "reproduced": bool}.
+    """
+    from mer_pipe.models.registry import build_model
+
+    from .train import TrainConfig, coerce_config, predict
+
+    ck = load_checkpoint(Path(run_dir))
+    modalities = tuple(ck["modalities"])
+    feats = ck["features"]
+    corpus = load_corpus(ck["dataset"], modalities, cache_dir,
+                         slot_overrides={m: f["slot"] for m, f in feats.items()},
+                         expected_keys={m: f["key"] for m, f in feats.items()})
+    task = task_from_dict(ck["task"])
+    if tuple(corpus.class_names) != task.class_names or corpus.task.in_dims != task.in_dims:
+        raise CacheError(
+            f"dataset {ck['dataset']!r} now has classes {list(corpus.class_names)} and feature widths "
+            f"{corpus.task.in_dims}; the checkpoint in {run_dir} expects {list(task.class_names)} / {task.in_dims}; "
+            "re-prepare the dataset the run was trained on, or retrain with `mer-pipe train`"
+        )
+    cfg = TrainConfig(**ck["trainer"])
+    pos = corpus.index_of()
+    out_runs = []
+    for run in ck["runs"]:
+        missing = [u for u in run["test_ids"] if u not in pos]
+        if missing:
+            raise CacheError(f"test utterance {missing[0]!r} of {run_dir} (seed {run['seed']}, {run['fold']}) is not in "
+                             f"dataset {ck['dataset']!r} any more ({len(missing)} missing); re-prepare the same corpus")
+        keep = np.zeros(corpus.n, dtype=bool)
+        keep[[pos[u] for u in run["test_ids"]]] = True
+        model = build_model(ck["model"], task, modalities, coerce_config(ck["model"], ck["model_config"]))
+        model.load_state_dict(run["state_dict"])
+        model.to(device)
+        p = predict(model, corpus, make_view(corpus, keep, cfg.unit), cfg.eval_batch_size, device, cfg.amp,
+                    run.get("feature_stats") or {})
+        m = classification_metrics(p.gold, p.pred, corpus.class_names)
+        ok = all(m[k] == run["test"][k] for k in SCALARS)
+        out_runs.append({"seed": run["seed"], "fold": run["fold"], "test": m, "stored": run["test"], "reproduced": ok})
+        if log:
+            log(f"seed {run['seed']} {run['fold']}: test acc {m['accuracy']:.4f} W-F1 {m['weighted_f1']:.4f} "
+                f"(stored {run['test']['accuracy']:.4f} / {run['test']['weighted_f1']:.4f}) "
+                f"{'reproduced' if ok else 'DIFFERS'}")
+    seeds = sorted({r["seed"] for r in out_runs})
+    per_seed = {s: {k: float(np.mean([r["test"][k] for r in out_runs if r["seed"] == s])) for k in SCALARS} for s in seeds}
+    agg = {k: aggregate([per_seed[s][k] for s in seeds]) for k in SCALARS}
+    for note in ck.get("notes", []):
+        if log:
+            log(note)
+    return {"runs": out_runs, "aggregate": {"test": agg}, "reproduced": all(r["reproduced"] for r in out_runs)}
