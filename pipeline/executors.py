@@ -12,6 +12,7 @@ A task that raises stops the run: the remaining tasks are cancelled, completed s
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -113,16 +114,21 @@ class DaskExecutor(Executor):
             self.n_workers = max(1, len(self._client.scheduler_info().get("workers", {})))
             self._where = scheduler
         else:
+            import dask
+
             n = workers or default_workers()
-            self._cluster = LocalCluster(
-                processes=True,
-                n_workers=n,
-                threads_per_worker=1,
-                dashboard_address=None,
-                host="127.0.0.1",
-                silence_logs=logging.ERROR,
-                env=dict(_SINGLE_THREAD_ENV),
-            )
+            # Worker processes import torch before they report in; on a loaded machine that can pass
+            # dask's 30 s default and the nanny gives up, so allow more time to start.
+            with dask.config.set({"distributed.comm.timeouts.connect": "120s"}):
+                self._cluster = LocalCluster(
+                    processes=True,
+                    n_workers=n,
+                    threads_per_worker=1,
+                    dashboard_address=None,
+                    host="127.0.0.1",
+                    silence_logs=logging.ERROR,
+                    env=dict(_SINGLE_THREAD_ENV),
+                )
             self._client = Client(self._cluster)
             self.n_workers = n
             self._where = f"local, {n} worker process{'es' if n != 1 else ''}"
@@ -179,4 +185,13 @@ def make_executor(config: ExecutorConfig) -> Executor:
     """Build the executor `config` names (starts a local cluster for `dask` without a scheduler)."""
     if config.kind == "serial":
         return SerialExecutor()
-    return DaskExecutor(workers=config.workers, scheduler=config.scheduler)
+    if config.scheduler:
+        return DaskExecutor(workers=config.workers, scheduler=config.scheduler)
+    try:
+        return DaskExecutor(workers=config.workers)
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        # Results never depend on the executor (serial is the reference), so a local cluster that
+        # cannot start is not worth failing a run for; say so and carry on in-process.
+        print(f"mer-pipe: warning: local dask cluster did not start ({type(exc).__name__}: {exc}); "
+              "running serially instead (pass --executor serial to skip this attempt)", file=sys.stderr)
+        return SerialExecutor()
