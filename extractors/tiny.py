@@ -30,7 +30,9 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         import torch
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Writing model shards" bars are noise for a tiny checkpoint
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)
             build(tmp)

@@ -32,6 +32,10 @@ def _compose() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    # torch_geometric scripts a helper at import; the deprecation is theirs, not actionable for users.
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
     _compose()
     try:
         app(args=argv, standalone_mode=False)

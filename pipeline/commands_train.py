@@ -15,7 +15,7 @@ from mer_pipe.common.errors import ConfigError
 
 RUN_DEFAULTS: dict[str, Any] = {"modalities": "t,a,v", "seeds": "0,1,2", "select_on": "dev", "protocol": "standard",
                                 "device": "auto"}
-DEMO = {"dialogues": 24, "model": "ar-iigcn", "seeds": "0,1", "epochs": 12,
+DEMO = {"dialogues": 60, "model": "ar-iigcn", "seeds": "0,1,2", "epochs": 15,
         "sets": ("trainer.lr=1e-3", "trainer.patience=0", "model.d=128")}
 
 
@@ -212,8 +212,10 @@ def demo_run(out: Path, log: Callable[[str], None] = print, device: str | None =
     log(f"      {report.summary().splitlines()[0] if report.summary() else ''}")
     log("[3/4] extracting offline features (MiniLM text, openSMILE audio, tiny Swin video) into the cache")
     slots = resolve_slots("offline", only="t,a,v", cache_root=cache)
-    extract_features("synth-meld", slots, cache_dir=cache, device="cpu", progress=False,
-                     executor=ExecutorConfig(kind="serial"))  # no worker processes to start on a laptop
+    # The default executor: a local dask cluster (falls back to in-process if it cannot start).
+    summary = extract_features("synth-meld", slots, cache_dir=cache, device="cpu", progress=False,
+                               executor=ExecutorConfig(kind="dask", workers=2))
+    log("\n".join("      " + line for line in summary.format().splitlines()))
     log(f"[4/4] training {DEMO['model']} ({DEMO['seeds']} seeds, {DEMO['epochs']} epochs, selection on dev)")
     run_dir, metrics = train_run(DEMO["model"], "synth-meld", seeds=DEMO["seeds"], epochs=DEMO["epochs"],
                                  sets=DEMO["sets"], out=out / "run", device=device, cache_dir=cache, log=log)
