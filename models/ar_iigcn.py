@@ -8,21 +8,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mer_pipe.common.errors import ConfigError
-
 from .adversarial import ADV_MODES, AdversarialModalityGAN
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import node_contrast
 from .graphs import Graph, num_relations, speaker_relational_graph
 from .gnn import RelationalGraphEncoder
-from .layers import MLPHead, ModalityProjector, flatten_valid, unflatten_valid
-from .registry import MODELS
+from .layers import MLPHead, ModalityProjector, flatten_valid, project_present, unflatten_valid
+from .registry import MODELS, ModelConfig, check_choices
 
 CONTRAST_METHODS = ("supcon", "triplet_hinge", "infonce_no_margin")
 
 
 @dataclass(frozen=True)
-class ARIIGCNConfig:
+class ARIIGCNConfig(ModelConfig):
     """AR-IIGCN hyper-parameters (clean variant by default).
 
     d: width of every modality space (paper family: 512 IEMOCAP / 1024 MELD; 256 here because it
@@ -76,10 +74,7 @@ class ARIIGCN(nn.Module):
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: ARIIGCNConfig):
         super().__init__()
         c = config
-        if c.adv_mode not in ADV_MODES:
-            raise ConfigError(f"ar-iigcn: adv_mode={c.adv_mode!r}; choose one of {list(ADV_MODES)}")
-        if c.contrast_method not in CONTRAST_METHODS:
-            raise ConfigError(f"ar-iigcn: contrast_method={c.contrast_method!r}; choose one of {list(CONTRAST_METHODS)}")
+        check_choices("ar-iigcn", ("adv_mode", c.adv_mode, ADV_MODES), ("contrast_method", c.contrast_method, CONTRAST_METHODS))
         self.task, self.modalities, self.config = task, tuple(modalities), c
         d = c.d
         # h_m = MLP_m(x_m): Linear-norm-ReLU-Dropout then Linear, one space per modality (no sharing)
@@ -128,8 +123,7 @@ class ARIIGCN(nn.Module):
         h, pres = {}, {}
         for m in self.modalities:
             p = batch.presence(m)
-            x = batch.feats[m] * p[..., None].to(batch.feats[m].dtype)
-            h[m] = unflatten_valid(self.mlp[m](flatten_valid(x, mask)) * flatten_valid(p, mask)[:, None], mask)
+            h[m] = unflatten_valid(project_present(self.mlp[m], batch.feats[m], p, mask), mask)
             pres[m] = p
         g = self.gan.generate(h, mask)
         if self.config.gen_residual:

@@ -6,24 +6,23 @@ loss: the trainer's classification loss is the whole objective.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .batch import DialogueBatch, ModelOutput, TaskInfo
-from .layers import ContextEncoder, MLPHead, ModalityProjector, flatten_valid, unflatten_valid
-from .registry import MODELS
+from .layers import ContextEncoder, MLPHead, ModalityProjector, flatten_valid, unflatten_valid, zero_absent
+from .registry import MODELS, ModelConfig
 
 
 def concat_inputs(batch: DialogueBatch, modalities: tuple[str, ...]) -> Tensor:
     """[B, N, sum D_m] concatenated pooled features, zeroed where the utterance lacks that modality."""
-    parts = [batch.feats[m] * batch.presence(m).unsqueeze(-1).to(batch.feats[m].dtype) for m in modalities]
-    return torch.cat(parts, dim=-1)
+    return torch.cat([zero_absent(batch.feats[m], batch.presence(m)) for m in modalities], dim=-1)
 
 
 @dataclass(frozen=True)
-class MLPConfig:
+class MLPConfig(ModelConfig):
     """hidden: widths of the hidden layers; dropout after each; input_dropout on the concatenated
     features; norm: "layer" | "batch" | "none" after each hidden Linear; act: relu | gelu | ..."""
 
@@ -32,11 +31,6 @@ class MLPConfig:
     input_dropout: float = 0.1
     norm: str = "layer"
     act: str = "relu"
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # YAML gives lists; keep the dataclass hashable and comparable
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
 
 @MODELS.register("mlp")
@@ -64,7 +58,7 @@ class UtteranceMLP(nn.Module):
 
 
 @dataclass(frozen=True)
-class BiGRUConfig:
+class BiGRUConfig(ModelConfig):
     """proj_dim: width of the input projection (Linear-LN-ReLU-dropout); hidden: GRU width per direction;
     layers: GRU depth; skip: classify [projection ; context] instead of the context alone;
     head_hidden: classifier MLP widths; dropout everywhere; input_dropout on the raw features."""
@@ -77,11 +71,6 @@ class BiGRUConfig:
     dropout: float = 0.3
     input_dropout: float = 0.1
     norm: str = "layer"
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # YAML gives lists; keep the dataclass hashable and comparable
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
 
 
 @MODELS.register("bigru")

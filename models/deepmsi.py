@@ -14,7 +14,7 @@ about 1 point below the utterance MLP (58.0) and context models: no dialogue con
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,14 +24,14 @@ from mer_pipe.common.errors import ConfigError
 
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import deepmsi_contrast
-from .layers import MLPHead, ProjectionHead, flatten_valid, unflatten_valid
-from .registry import MODELS
+from .layers import MLPHead, ProjectionHead, flatten_valid, unflatten_valid, zero_absent
+from .registry import MODELS, ModelConfig, check_choices
 from .tcn import TCN, TCNConfig
 from .vsc import VSCConfig, vsc
 
 
 @dataclass(frozen=True)
-class DeepMSIConfig:
+class DeepMSIConfig(ModelConfig):
     """Defaults follow the released code's IEMOCAP config [C] except where marked (proposed / clean).
 
     guide: proc_hidden, proc_dropout: Proc = Linear-BN-LeakyReLU-Dropout-Linear([t;a] -> guide_dim=384) [C].
@@ -82,15 +82,10 @@ class DeepMSIConfig:
     alpha_con: float = 0.5
     beta_ce: float = 1.0
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # YAML gives lists; keep the dataclass hashable and comparable
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        for opt, val, choices in (("video_input", self.video_input, ("auto", "frames", "pooled")),
-                                  ("contrast", self.contrast, ("video_anchored", "all_pairs", "off")),
-                                  ("cls_norm", self.cls_norm, ("batch", "layer", "none"))):
-            if val not in choices:
-                raise ConfigError(f"deepmsi-mer option {opt}={val!r}; choose one of {list(choices)}")
+    def validate(self) -> None:
+        check_choices("deepmsi-mer", ("video_input", self.video_input, ("auto", "frames", "pooled")),
+                      ("contrast", self.contrast, ("video_anchored", "all_pairs", "off")),
+                      ("cls_norm", self.cls_norm, ("batch", "layer", "none")))
         self.vsc_config()  # validates the vsc_* options
         TCNConfig(self.tcn_channels, self.tcn_kernel, self.tcn_dropout)
 
@@ -137,7 +132,7 @@ class DeepMSI(nn.Module):
     def _input(self, batch: DialogueBatch, m: str) -> tuple[Tensor, Tensor]:
         """-> (pooled features [M, D] zeroed where absent, presence [M]) for the valid utterances."""
         present = flatten_valid(batch.presence(m), batch.mask)
-        x = flatten_valid(batch.feats[m], batch.mask) * present.unsqueeze(-1).to(batch.feats[m].dtype)
+        x = zero_absent(flatten_valid(batch.feats[m], batch.mask), present)
         return self.input_drop(x), present
 
     def _video_from_frames(self, batch: DialogueBatch, guide_in: Tensor | None, present: Tensor) -> Tensor:
@@ -146,7 +141,7 @@ class DeepMSI(nn.Module):
             raise ConfigError("deepmsi-mer expects per-frame video features in batch.frames['v'] (the task "
                               "declares frame_shapes['v']); load the frame cache or set video_input='pooled'")
         fr = flatten_valid(batch.frames["v"], batch.mask)                     # [M, F, D]
-        fr = fr * present[:, None, None].to(fr.dtype)
+        fr = zero_absent(fr, present)
         z = self.frame_proj(self.input_drop(fr))                               # [M, F, guide_dim]
         guide = self.proc(guide_in) if guide_in is not None else None          # [M, guide_dim]
         out = vsc(z, guide, self.config.vsc_config())

@@ -10,7 +10,7 @@ a context layer over the dialogue; head A classifies the context vector, head B 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,11 +21,11 @@ from mer_pipe.common.errors import ConfigError
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import sup_contrastive, supcon
 from .layers import ContextEncoder, MLPHead, SpeakerEmbedding, flatten_valid, unflatten_valid
-from .registry import MODELS
+from .registry import MODELS, ModelConfig, check_choices
 
 
 @dataclass(frozen=True)
-class JVICLConfig:
+class JVICLConfig(ModelConfig):
     """d: internal width (§4.3 proposes 512; 256 is as accurate on MiniLM/RoBERTa-base caches and 3x cheaper).
     joint_vectors K, fusion_layers L_f, heads, ff_mult (transformer MLP width = ff_mult * d), fusion_dropout.
     frame_tokens: use per-frame vectors as a modality's tokens where the task has frames (else 1 token).
@@ -63,15 +63,10 @@ class JVICLConfig:
     proto_weight: float = 0.0
     proto_margin: float = 0.0
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # YAML gives lists; keep the dataclass hashable and comparable
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
-        for opt, val, choices in (("context", self.context, ("bigru", "transformer", "none")),
-                                  ("dual_head", self.dual_head, ("sum", "joint_only")),
-                                  ("icl_denominator", self.icl_denominator, ("all_keys", "pos_plus_neg"))):
-            if val not in choices:
-                raise ConfigError(f"jv-icl option {opt}={val!r}; choose one of {list(choices)}")
+    def validate(self) -> None:
+        check_choices("jv-icl", ("context", self.context, ("bigru", "transformer", "none")),
+                      ("dual_head", self.dual_head, ("sum", "joint_only")),
+                      ("icl_denominator", self.icl_denominator, ("all_keys", "pos_plus_neg")))
         if self.d % self.heads:
             raise ConfigError(f"jv-icl d={self.d} must be divisible by heads={self.heads}")
         if self.joint_vectors < 1:

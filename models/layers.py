@@ -28,6 +28,17 @@ def unflatten_valid(flat: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
 simple_batch_graphify = flatten_valid
 
 
+def zero_absent(x: Tensor, present: Tensor) -> Tensor:
+    """x [*P, ...] times present [*P] bool: zeros where the utterance's media failed (or is padding)."""
+    return x * present.reshape(*present.shape, *([1] * (x.dim() - present.dim()))).to(x.dtype)
+
+
+def project_present(proj: nn.Module, x: Tensor, present: Tensor, mask: Tensor) -> Tensor:
+    """x [B, N, D], present / mask [B, N] -> proj(valid rows) [M, d], zero before and after the projection
+    where the modality is absent, so a failed modality contributes exactly nothing (not proj's bias)."""
+    return zero_absent(proj(flatten_valid(zero_absent(x, present), mask)), flatten_valid(present, mask))
+
+
 def _norm(kind: str, dim: int) -> nn.Module:
     if kind not in NORMS:
         raise ConfigError(f"norm={kind!r}; choose one of {list(NORMS)}")

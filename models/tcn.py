@@ -7,16 +7,18 @@ last *real* step of a right-padded sequence ignores the padding after it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from mer_pipe.common.errors import ConfigError
 
+from .registry import ModelConfig
+
 
 @dataclass(frozen=True)
-class TCNConfig:
+class TCNConfig(ModelConfig):
     """channels: output width of each block (code: 1024 x 3); kernel: conv width (code: 3);
     dilation of block i is 2**i (1, 2, 4); dropout after each conv (code: 0.3 IEMOCAP / 0.4 MELD)."""
 
@@ -25,10 +27,7 @@ class TCNConfig:
     dropout: float = 0.3
     weight_norm: bool = True
 
-    def __post_init__(self) -> None:
-        for f in fields(self):  # YAML gives lists; keep the dataclass hashable and comparable
-            if isinstance(getattr(self, f.name), list):
-                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+    def validate(self) -> None:
         if not self.channels or min(self.channels) < 1:
             raise ConfigError(f"tcn channels must be a non-empty list of positive widths (got {self.channels})")
         if self.kernel < 1:

@@ -9,22 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mer_pipe.common.errors import ConfigError
-
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import node_contrast, sup_contrastive
 from .graphs import angular_edge_weights, multimodal_utterance_graph
 from .gnn import GCNStack
 from .heads import HierarchicalHead, polarity_targets
-from .layers import ContextEncoder, MLPHead, ModalityProjector, SpeakerEmbedding, flatten_valid, unflatten_valid
-from .registry import MODELS
+from .layers import (ContextEncoder, MLPHead, ModalityProjector, SpeakerEmbedding, flatten_valid,
+                     project_present, unflatten_valid)
+from .registry import MODELS, ModelConfig, check_choices
 
 HEAD_SKIPS = ("none", "context", "input", "both")
 GCL_MODES = ("supervised", "views", "both")
 
 
 @dataclass(frozen=True)
-class TSGCLConfig:
+class TSGCLConfig(ModelConfig):
     """TS-GCL hyper-parameters. Defaults are the clean variant, tuned for short MELD dialogues as well as
     IEMOCAP: d=256 (paper-family uses 512; 256 overfits less on ~10k MELD utterances), dropout 0.4,
     and `head_skip="both"` so the head sees the projected utterance (what a strong utterance MLP uses)
@@ -80,11 +79,8 @@ class TSGCL(nn.Module):
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: TSGCLConfig):
         super().__init__()
         c = config
-        for opt, val, choices in (("head_skip", c.head_skip, HEAD_SKIPS), ("gcl_mode", c.gcl_mode, GCL_MODES),
-                                  ("context", c.context, ("lstm", "gru", "none")),
-                                  ("edge_weights", c.edge_weights, ("angular", "none"))):
-            if val not in choices:
-                raise ConfigError(f"ts-gcl: {opt}={val!r}; choose one of {list(choices)}")
+        check_choices("ts-gcl", ("head_skip", c.head_skip, HEAD_SKIPS), ("gcl_mode", c.gcl_mode, GCL_MODES),
+                      ("context", c.context, ("lstm", "gru", "none")), ("edge_weights", c.edge_weights, ("angular", "none")))
         self.task, self.modalities, self.config = task, tuple(modalities), c
         d = c.d
         self.proj = nn.ModuleDict({m: ModalityProjector(task.in_dims[m], d, c.dropout, c.input_norm) for m in modalities})
@@ -106,8 +102,7 @@ class TSGCL(nn.Module):
         spk = self.spk(batch.speaker, mask) if self.spk is not None else None
         for m in self.modalities:
             p = batch.presence(m)
-            x = batch.feats[m] * p[..., None].to(batch.feats[m].dtype)  # failed media -> zeros
-            u = self.proj[m](flatten_valid(x, mask)) * flatten_valid(p, mask)[:, None]
+            u = project_present(self.proj[m], batch.feats[m], p, mask)  # failed media -> zeros
             h = u
             if m in self.ctx:
                 h = self.ctx[m](unflatten_valid(u, mask), mask)

@@ -15,11 +15,13 @@ from torch import Tensor
 
 from mer_pipe.common.errors import ConfigError
 
+from .registry import ModelConfig
+
 SELECT_MODES = ("topk", "threshold")
 
 
 @dataclass(frozen=True)
-class VSCConfig:
+class VSCConfig(ModelConfig):
     """select: "topk" keeps `k` tokens (code); "threshold" keeps tokens with cos(guide, token) >= `threshold`
     (paper; at least one token is always kept and the output is padded to the batch maximum).
     tau: softmax temperature of the relevance (code: 1.0). guide_weight: m = mean(Z) + guide_weight * c
@@ -41,7 +43,7 @@ class VSCConfig:
     alpha: float = 0.9
     scale_by_relevance: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.select not in SELECT_MODES:
             raise ConfigError(f"vsc select {self.select!r} is not one of {SELECT_MODES}")
         if self.k < 1:

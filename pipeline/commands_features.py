@@ -11,6 +11,9 @@ from typing import Annotated, Any, Optional, Sequence
 import typer
 
 _CACHE_HELP = "Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe)."
+# options shared by `features` and every `cache` command (typer reads the Annotated metadata)
+CacheDirOption = Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)]
+DatasetFilterOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")]
 
 
 def features(
@@ -23,7 +26,7 @@ def features(
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (tcp://host:8786); its workers must see the same cache directory.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N. Never changes a cache key.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first media failure (naming utterance, file and reason) instead of recording it.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    cache_dir: CacheDirOption = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Utterances per forward pass for every slot (default per slot in the preset).")] = None,
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Utterances per shard for new feature sets (default 256; existing sets keep theirs).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -68,8 +71,8 @@ def format_table(rows: Sequence[dict[str, Any]], empty: str = "(nothing)") -> st
 
 @cache_app.command("ls")
 def cache_ls(
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+    cache_dir: CacheDirOption = None,
+    dataset: DatasetFilterOption = None,
 ) -> None:
     """List feature sets: slots locked to them, dim, utterances, failures, shards, size."""
     store = _store(cache_dir)
@@ -78,8 +81,8 @@ def cache_ls(
 
 @cache_app.command("verify")
 def cache_verify(
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+    cache_dir: CacheDirOption = None,
+    dataset: DatasetFilterOption = None,
 ) -> None:
     """Re-read every shard (checksums, keys, completeness, locks). Exit code 1 when a problem is found."""
     store = _store(cache_dir)
@@ -97,7 +100,7 @@ def cache_verify(
 
 @cache_app.command("gc")
 def cache_gc(
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+    cache_dir: CacheDirOption = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete (default: only list what would go).")] = False,
     grace: Annotated[Optional[float], typer.Option(help="Keep anything written in the last GRACE seconds (default 600: a run may be in progress).")] = None,
 ) -> None:
@@ -116,8 +119,8 @@ def cache_gc(
 
 @cache_app.command("du")
 def cache_du(
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+    cache_dir: CacheDirOption = None,
+    dataset: DatasetFilterOption = None,
 ) -> None:
     """Disk use per feature set and per dataset."""
     store = _store(cache_dir)

@@ -295,27 +295,8 @@ def model_config_dict(model_name: str, values: dict[str, Any] | None) -> dict[st
     from mer_pipe.models.registry import MODELS, make_config
 
     cls = MODELS.get(model_name)
-    cfg = make_config(cls.config_cls, coerce_tuples(cls.config_cls, values), f"model {model_name!r}")
+    cfg = make_config(cls.config_cls, values, f"model {model_name!r}")  # lists -> tuples there
     return to_plain(dataclasses.asdict(cfg))
-
-
-def coerce_config(model_name: str, values: dict[str, Any] | None) -> dict[str, Any]:
-    """coerce_tuples for a registered model's config class."""
-    from mer_pipe.models import _all  # noqa: F401
-    from mer_pipe.models.registry import MODELS
-
-    return coerce_tuples(MODELS.get(model_name).config_cls, values)
-
-
-def coerce_tuples(config_cls: type, values: dict[str, Any] | None) -> dict[str, Any]:
-    """YAML gives lists where a frozen config holds tuples (hashable, comparable): convert those fields."""
-    out = dict(values or {})
-    for f in dataclasses.fields(config_cls):
-        if f.name in out and isinstance(out[f.name], list):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if isinstance(default, tuple) or default is None:
-                out[f.name] = tuple(tuple(x) if isinstance(x, list) else x for x in out[f.name])
-    return out
 
 
 def to_plain(obj: Any) -> Any:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,40 +16,16 @@ DATASET = "synth-meld"
 MER_PIPE = str(Path(sys.executable).parent / "mer-pipe")
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    import torch
-
-    from mer_pipe.pipeline.presets import resolve_slots
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.synth import synthesize
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("cli")
-    synthesize("meld", base / "corpus", dialogues=4, faults=True)
-    prepare("meld", base / "corpus", name=DATASET, cache_dir=base / "cache")
-    resolve_slots("offline", only="v,a_w2v", cache_root=base / "cache")  # build the tiny checkpoints once
-    return base
-
-
-def _fresh(prepared: Path, dest: Path) -> Path:
-    shutil.copytree(prepared / "cache" / "_weights", dest / "_weights")
-    (dest / DATASET).mkdir(parents=True)
-    for name in ("manifest.jsonl", "dataset.json"):
-        shutil.copy(prepared / "cache" / DATASET / name, dest / DATASET / name)
-    return dest
-
-
 def _ids(cache: Path) -> list[str]:
     from mer_pipe.pipeline.manifest import load_dataset
 
     return [u.id for u in load_dataset(DATASET, cache)[1]]
 
 
-def test_features_end_to_end_then_cache_commands(prepared, tmp_path, capsys):
+def test_features_end_to_end_then_cache_commands(fresh_cache, capsys):
     from mer_pipe.cache.store import FeatureStore
 
-    cache = _fresh(prepared, tmp_path / "c")
+    cache = fresh_cache
     main(["features", "--dataset", DATASET, "--cache-dir", str(cache), "--executor", "serial", "--shard-size", "12",
           "--no-progress"])
     out = capsys.readouterr().out
@@ -89,8 +64,8 @@ def test_features_end_to_end_then_cache_commands(prepared, tmp_path, capsys):
     assert "checksum" in bad.stdout and victim.name in bad.stdout
 
 
-def test_strict_is_fatal_with_utterance_file_and_reason(prepared, tmp_path, capsys):
-    cache = _fresh(prepared, tmp_path / "c")
+def test_strict_is_fatal_with_utterance_file_and_reason(fresh_cache, capsys):
+    cache = fresh_cache
     with pytest.raises(SystemExit) as exit_:
         main(["features", "--dataset", DATASET, "--cache-dir", str(cache), "--executor", "serial", "--only", "a_w2v",
               "--strict", "--no-progress"])
@@ -99,8 +74,8 @@ def test_strict_is_fatal_with_utterance_file_and_reason(prepared, tmp_path, caps
     assert "meld/train/dia0_utt0" in err and "dia0_utt0.mp4" in err and "no audio stream" in err
 
 
-def test_bad_options_exit_2_with_the_fix(prepared, tmp_path, capsys):
-    cache = _fresh(prepared, tmp_path / "c")
+def test_bad_options_exit_2_with_the_fix(fresh_cache, capsys):
+    cache = fresh_cache
     for argv, needle in (
         (["--preset", "huge"], "offline, paper"),
         (["--only", "t,zz"], "choose from"),
@@ -115,11 +90,11 @@ def test_bad_options_exit_2_with_the_fix(prepared, tmp_path, capsys):
     assert "mer-pipe prepare" in capsys.readouterr().err
 
 
-def test_sigkilled_run_leaves_no_partial_shard_and_rerun_completes(prepared, tmp_path):
+def test_sigkilled_run_leaves_no_partial_shard_and_rerun_completes(fresh_cache):
     from mer_pipe.cache.shard import read_shard
     from mer_pipe.cache.store import SHARD_RE, FeatureStore
 
-    cache = _fresh(prepared, tmp_path / "c")
+    cache = fresh_cache
     ids = _ids(cache)
     argv = [MER_PIPE, "features", "--dataset", DATASET, "--cache-dir", str(cache), "--executor", "serial",
             "--only", "v", "--shard-size", "1", "--batch-size", "1", "--no-progress"]

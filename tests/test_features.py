@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,32 +20,6 @@ SERIAL = ExecutorConfig("serial")
 MEDIA_FAULTS = ("no_audio_clip", "truncated_clip", "missing_clip")
 
 
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory) -> Path:
-    """A prepared 32-utterance synthetic MELD corpus with planted faults, plus the tiny checkpoints."""
-    import torch
-
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.synth import synthesize
-
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("feat")
-    synthesize("meld", base / "corpus", dialogues=4, faults=True)
-    prepare("meld", base / "corpus", name=DATASET, cache_dir=base / "cache")
-    resolve_slots("offline", only="v,a_w2v", overrides=["t.model=tiny:text"], cache_root=base / "cache")
-    return base
-
-
-def fresh_cache(prepared: Path, dest: Path) -> Path:
-    """A new cache root holding only the prepared dataset and the tiny checkpoints (no features)."""
-    src = prepared / "cache"
-    shutil.copytree(src / "_weights", dest / "_weights")
-    (dest / DATASET).mkdir(parents=True)
-    for name in ("manifest.jsonl", "dataset.json"):
-        shutil.copy(src / DATASET / name, dest / DATASET / name)
-    return dest
-
-
 def faults(prepared: Path) -> dict[str, str]:
     rows = json.loads((prepared / "corpus" / "faults.json").read_text())["faults"]
     return {r["id"]: r["kind"] for r in rows if r["kind"] in MEDIA_FAULTS}
@@ -60,11 +33,11 @@ def shard_files(cache: Path) -> list[Path]:
     return sorted((cache / DATASET).glob("*/*/shard-*.h5"))
 
 
-def test_serial_run_locks_slots_and_records_media_failures(prepared, tmp_path):
+def test_serial_run_locks_slots_and_records_media_failures(prepared, fresh_cache):
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.pipeline.manifest import load_dataset
 
-    cache = fresh_cache(prepared, tmp_path / "c")
+    cache = fresh_cache
     summary = extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, shard_size=8, progress=False)
     _, utts = load_dataset(DATASET, cache)
     ids = [u.id for u in utts]
@@ -89,11 +62,11 @@ def test_serial_run_locks_slots_and_records_media_failures(prepared, tmp_path):
     assert "failed" in summary.format()
 
 
-def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed(prepared, tmp_path):
+def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed(fresh_cache):
     from mer_pipe.cache.shard import read_shard
     from mer_pipe.cache.store import FeatureStore
 
-    cache = fresh_cache(prepared, tmp_path / "c")
+    cache = fresh_cache
     extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, shard_size=8, progress=False)
     before = FeatureStore(cache).load(DATASET, "t").values.copy()
     again = extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, progress=False)
@@ -109,8 +82,8 @@ def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed
     np.testing.assert_array_equal(FeatureStore(cache).load(DATASET, "t").values, before)
 
 
-def test_keys_ignore_run_settings_and_follow_config(prepared, tmp_path):
-    cache = fresh_cache(prepared, tmp_path / "c")
+def test_keys_ignore_run_settings_and_follow_config(fresh_cache):
+    cache = fresh_cache
     # the shard layout recorded in spec.json (written by the first plan) wins over a later --shard-size
     plan = make_plan(DATASET, slots(cache, "t"), cache_dir=cache, shard_size=5)
     assert plan.stages[0].shard_size == 5
@@ -123,18 +96,18 @@ def test_keys_ignore_run_settings_and_follow_config(prepared, tmp_path):
     assert make_plan(DATASET, pooled, cache_dir=cache).stages[0].key != k1
 
 
-def test_two_slots_with_one_config_share_a_stage(prepared, tmp_path):
-    cache = fresh_cache(prepared, tmp_path / "c")
+def test_two_slots_with_one_config_share_a_stage(fresh_cache):
+    cache = fresh_cache
     specs = resolve_slots("offline", only="t,t2", overrides=["t.model=tiny:text", "t2.extractor=text-hf",
                                                             "t2.model=tiny:text"], cache_root=cache)
     plan = make_plan(DATASET, specs, cache_dir=cache)
     assert len(plan.stages) == 1 and plan.stages[0].slots == ("t", "t2")
 
 
-def test_strict_stops_at_first_media_failure_and_keeps_completed_work(prepared, tmp_path):
+def test_strict_stops_at_first_media_failure_and_keeps_completed_work(prepared, fresh_cache):
     from mer_pipe.cache.store import FeatureStore
 
-    cache = fresh_cache(prepared, tmp_path / "c")
+    cache = fresh_cache
     with pytest.raises(MediaError) as err:
         extract_features(DATASET, slots(cache, "t,a"), cache_dir=cache, executor=SERIAL, strict=True,
                          shard_size=8, progress=False)
@@ -149,8 +122,8 @@ def test_strict_stops_at_first_media_failure_and_keeps_completed_work(prepared, 
     assert store.load(DATASET, "t").valid.all()
 
 
-def test_unloadable_model_gets_one_clear_message(prepared, tmp_path):
-    cache = fresh_cache(prepared, tmp_path / "c")
+def test_unloadable_model_gets_one_clear_message(fresh_cache):
+    cache = fresh_cache
     specs = resolve_slots("paper", only="t", cache_root=cache)
     with pytest.raises(ModelLoadError) as err:
         extract_features(DATASET, specs, cache_dir=cache, executor=SERIAL, progress=False)
@@ -183,8 +156,8 @@ def test_presets_overrides_and_only(tmp_path):
     assert not (tmp_path / "_weights").exists()  # the paper preset builds no tiny checkpoints
 
 
-def test_bad_run_options_name_the_option(prepared, tmp_path):
-    cache = fresh_cache(prepared, tmp_path / "c")
+def test_bad_run_options_name_the_option(fresh_cache):
+    cache = fresh_cache
     with pytest.raises(ConfigError, match="--device"):
         extract_features(DATASET, slots(cache, "t"), cache_dir=cache, executor=SERIAL, device="tpu")
     with pytest.raises(ConfigError, match="--executor"):

@@ -47,14 +47,20 @@ def write_mp4(path: Path, n_frames: int, seconds: float, channels: int | None = 
         for pkt in vs.encode():
             out.mux(pkt)
         if as_ is not None:
-            pcm = _tone(seconds, SR_IN, channels=channels)
-            frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=as_.layout.name)
-            frame.sample_rate, frame.pts, frame.time_base = SR_IN, 0, Fraction(1, SR_IN)
-            for pkt in as_.encode(frame):
-                out.mux(pkt)
-            for pkt in as_.encode(None):
-                out.mux(pkt)
+            _encode_pcm(out, as_, _tone(seconds, SR_IN, channels=channels), SR_IN)
     return path
+
+
+def _encode_pcm(out, stream, pcm: np.ndarray, sr: int) -> None:
+    """Encode planar float audio [C, S] as one frame at pts 0 and flush the encoder."""
+    import av
+
+    frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=stream.layout.name)
+    frame.sample_rate, frame.pts, frame.time_base = sr, 0, Fraction(1, sr)
+    for pkt in stream.encode(frame):
+        out.mux(pkt)
+    for pkt in stream.encode(None):
+        out.mux(pkt)
 
 
 def write_wav(path: Path, seconds: float, sr: int = SR_IN) -> Path:
@@ -64,13 +70,7 @@ def write_wav(path: Path, seconds: float, sr: int = SR_IN) -> Path:
         st = out.add_stream("pcm_s16le", rate=sr)
         st.layout = "mono"
         # a ramp: the value at time t tells where a segment cut landed
-        ramp = np.linspace(-0.9, 0.9, int(seconds * sr), dtype=np.float32)[None, :]
-        frame = av.AudioFrame.from_ndarray(ramp, format="fltp", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = sr, 0, Fraction(1, sr)
-        for pkt in st.encode(frame):
-            out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
+        _encode_pcm(out, st, np.linspace(-0.9, 0.9, int(seconds * sr), dtype=np.float32)[None, :], sr)
     return path
 
 

@@ -20,27 +20,40 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray | None, fps: in
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=fps)
-        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
-        vs.pix_fmt = "yuv420p"
         # one thread and a fast preset: the frames are tiny and determinism matters more than speed-ups
-        vs.codec_context.options = {"preset": "ultrafast", "crf": "23", "threads": "1"}
+        vs = _video_stream(out, "libx264", frames, fps, {"preset": "ultrafast", "crf": "23", "threads": "1"})
         as_ = None
         if audio is not None:
             as_ = out.add_stream("aac", rate=sample_rate)
             as_.layout = "mono"
             as_.bit_rate = 32000
             as_.codec_context.options = {"aac_coder": "fast"}  # the default two-loop coder is ~20% slower
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for pkt in vs.encode(frame):
-                out.mux(pkt)
-        for pkt in vs.encode():
-            out.mux(pkt)
+        _encode_video(out, vs, frames, fps)
         if as_ is not None:
             _encode_audio(out, as_, audio, sample_rate)
+
+
+def _video_stream(out, codec: str, frames: np.ndarray, fps: int, options: dict[str, str]):
+    """Add a yuv420p video stream sized for `frames` uint8 [F, H, W, 3]."""
+    vs = out.add_stream(codec, rate=fps)
+    vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
+    vs.pix_fmt = "yuv420p"
+    vs.codec_context.options = options
+    return vs
+
+
+def _encode_video(out, stream, frames: np.ndarray, fps: int) -> None:
+    """Encode `frames` uint8 [F, H, W, 3] at `fps` (pts = frame index) and flush the encoder."""
+    import av
+
+    for i, img in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        frame.pts = i
+        frame.time_base = Fraction(1, fps)
+        for pkt in stream.encode(frame):
+            out.mux(pkt)
+    for pkt in stream.encode():
+        out.mux(pkt)
 
 
 def _encode_audio(out, stream, audio: np.ndarray, sample_rate: int) -> None:
@@ -63,18 +76,8 @@ def write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format="avi") as out:
-        vs = out.add_stream("mpeg4", rate=fps)
-        vs.width, vs.height = int(frames.shape[2]), int(frames.shape[1])
-        vs.pix_fmt = "yuv420p"
-        vs.codec_context.options = {"qscale": "3", "threads": "1"}
-        for i, img in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, fps)
-            for pkt in vs.encode(frame):
-                out.mux(pkt)
-        for pkt in vs.encode():
-            out.mux(pkt)
+        vs = _video_stream(out, "mpeg4", frames, fps, {"qscale": "3", "threads": "1"})
+        _encode_video(out, vs, frames, fps)
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:

@@ -6,12 +6,11 @@ Layout as the MELD.Raw tarballs unpack: CSVs at the root, clips in `train/train_
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..recipes.meld import CLIP_DIRS, CSV_NAMES, LABELS, read_meld_csv
+from ..recipes.meld import CLIP_DIRS, CSV_NAMES, LABELS, MeldRow, read_meld_csv
 from .cues import CueConfig, cue_audio, cue_frames, cue_text, pick_cue
 from .media import truncate_file, write_clip
 
@@ -22,17 +21,6 @@ SPEAKERS = ("Ross", "Rachel", "Monica", "Chandler", "Joey", "Phoebe", "Gunther",
 _REAL_COUNTS = np.array([4710, 1205, 268, 683, 1743, 271, 1109], dtype=float)
 CLASS_P = np.sqrt(_REAL_COUNTS) / np.sqrt(_REAL_COUNTS).sum()
 SPLIT_FRACTIONS = {"dev": 114 / 1432, "test": 280 / 1432}  # MELD-like split proportions
-
-
-@dataclass(frozen=True)
-class Row:
-    split: str
-    dialogue_id: int
-    utterance_id: int
-    text: str
-    speaker: str
-    emotion: str
-    sentiment: str
 
 
 def split_sizes(n: int) -> dict[str, int]:
@@ -52,8 +40,9 @@ def sentiment_of(rng: np.random.Generator, emotion: str) -> str:
     return "negative"
 
 
-def _planted_rows(rng: np.random.Generator, sizes: dict[str, int]) -> list[Row]:
-    rows: list[Row] = []
+def _planted_rows(rng: np.random.Generator, sizes: dict[str, int]) -> dict[str, list[MeldRow]]:
+    """Split -> rows with empty text (the writer plants cue words); times and CSV line are unset (None, 0)."""
+    rows: dict[str, list[MeldRow]] = {s: [] for s in CSV_NAMES}
     for split, k in sizes.items():
         for dia in range(k):
             crowd = split == "train" and dia == 0  # one dialogue with MELD's maximum of 9 speakers
@@ -66,23 +55,23 @@ def _planted_rows(rng: np.random.Generator, sizes: dict[str, int]) -> list[Row]:
             for j, u in enumerate(utt_ids):
                 spk = names[j] if j < n_spk else names[int(rng.integers(n_spk))]
                 emo = LABELS[int(rng.choice(len(LABELS), p=CLASS_P))]
-                rows.append(Row(split, dia, u, "", spk, emo, sentiment_of(rng, emo)))
+                rows[split].append(MeldRow(dia, u, "", spk, emo, sentiment_of(rng, emo), None, None, 0))
     return rows
 
 
-def _real_rows(rng: np.random.Generator, sizes: dict[str, int], text_from: Path) -> list[Row]:
+def _real_rows(rng: np.random.Generator, sizes: dict[str, int], text_from: Path) -> dict[str, list[MeldRow]]:
+    """Split -> the rows of randomly picked real dialogues of the MELD CSVs under `text_from`."""
     from ..recipes.meld import find_csvs
 
     csvs = find_csvs(text_from)
-    rows: list[Row] = []
+    rows: dict[str, list[MeldRow]] = {s: [] for s in CSV_NAMES}
     for split, k in sizes.items():
         if split not in csvs:
             continue
         real = read_meld_csv(csvs[split])
         dias = sorted({r.dialogue_id for r in real})
         pick = set(int(d) for d in rng.choice(dias, size=min(k, len(dias)), replace=False))
-        for r in sorted((r for r in real if r.dialogue_id in pick), key=lambda r: (r.dialogue_id, r.utterance_id)):
-            rows.append(Row(split, r.dialogue_id, r.utterance_id, r.text, r.speaker, r.emotion, r.sentiment))
+        rows[split] = sorted((r for r in real if r.dialogue_id in pick), key=lambda r: (r.dialogue_id, r.utterance_id))
     return rows
 
 
@@ -95,12 +84,11 @@ def synth_meld(out: Path, dialogues: int, seed: int, text_from: Path | None, fau
     """Write the corpus under `out`; returns (number of CSV utterances, planted faults)."""
     rng = np.random.default_rng(seed)
     sizes = split_sizes(dialogues)
-    rows = _real_rows(rng, sizes, text_from) if text_from is not None else _planted_rows(rng, sizes)
+    by_split = _real_rows(rng, sizes, text_from) if text_from is not None else _planted_rows(rng, sizes)
     n_cls = len(LABELS)
     planted: list[dict] = []
 
-    by_split = {s: [r for r in rows if r.split == s] for s in CSV_NAMES}
-    fault_at: dict[str, tuple[str, Row]] = {}
+    fault_at: dict[str, tuple[str, MeldRow]] = {}
     if faults:
         fault_at["no_audio_clip"] = ("train", by_split["train"][0])
         fault_at["missing_clip"] = ("dev", by_split["dev"][-1])  # as dev dia110_utt7 in the real archive
@@ -153,4 +141,4 @@ def synth_meld(out: Path, dialogues: int, seed: int, text_from: Path | None, fau
                        cfg.fps, cfg.sample_rate)
             planted.append({"kind": "orphan_clip", "id": f"meld/test/dia{orphan}_utt0",
                             "path": f"test/{CLIP_DIRS['test']}/{name}", "detect": "prepare"})
-    return len(rows), planted
+    return sum(len(rows) for rows in by_split.values()), planted
