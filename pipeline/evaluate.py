@@ -35,7 +35,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
     """
     from mer_pipe.models.registry import build_model
 
-    from .train import TrainConfig, coerce_config, predict
+    from .train import TrainConfig, predict
 
     ck = load_checkpoint(Path(run_dir))
     modalities = tuple(ck["modalities"])
@@ -60,7 +60,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
                              f"dataset {ck['dataset']!r} any more ({len(missing)} missing); re-prepare the same corpus")
         keep = np.zeros(corpus.n, dtype=bool)
         keep[[pos[u] for u in run["test_ids"]]] = True
-        model = build_model(ck["model"], task, modalities, coerce_config(ck["model"], ck["model_config"]))
+        model = build_model(ck["model"], task, modalities, ck["model_config"])
         model.load_state_dict(run["state_dict"])
         model.to(device)
         p = predict(model, corpus, make_view(corpus, keep, cfg.unit), cfg.eval_batch_size, device, cfg.amp,

@@ -215,7 +215,7 @@ def fit(model_name: str, model_config: dict[str, Any] | None, corpus: Corpus, mo
     from mer_pipe.models.registry import build_model
 
     set_seed(seed)
-    model = build_model(model_name, corpus.task, modalities, coerce_config(model_name, model_config)).to(device)
+    model = build_model(model_name, corpus.task, modalities, model_config).to(device)
     opt, params = _make_optimizer(model, cfg)
     n_steps = math.ceil(len(fold.train.units) / cfg.batch_size)
     sched = _make_scheduler(opt, cfg, n_steps)
