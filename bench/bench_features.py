@@ -117,6 +117,31 @@ def bench_slot(spec, cache: Path, repeats: int, workers: tuple[int, ...]) -> dic
     }
 
 
+def bench_w2v_base(work: Path, cache: Path) -> list[dict]:
+    """The tiny wav2vec2 is all decoding; a randomly initialised wav2vec2-base-sized model (95 M parameters,
+    transformers' default Wav2Vec2Config, weights irrelevant for speed) shows the forward cost a user pays.
+    fp32 and bf16 autocast; one repeat each, no dask sweep (minutes per pass on 2 cores)."""
+    from mer_pipe.pipeline.presets import resolve_slots
+
+    path = work / "w2v-base-random"
+    if not path.exists():
+        import torch
+        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        torch.manual_seed(0)
+        Wav2Vec2Model(Wav2Vec2Config()).save_pretrained(path)
+        Wav2Vec2FeatureExtractor(return_attention_mask=False).save_pretrained(path)
+    out = []
+    for autocast in (False, True):
+        over = [f"a_w2v.model={path}", f"a_w2v.autocast={str(autocast).lower()}"]
+        (spec,) = resolve_slots("offline", only="a_w2v", overrides=over, cache_root=cache)
+        r = bench_slot(spec, cache, 1, ())
+        r["extractor"] = "wav2vec2-base-sized" + (" bf16" if autocast else "")
+        out.append(r)
+        print(f"  done wav2vec2 base-sized (autocast={autocast})", file=sys.stderr)
+    return out
+
+
 def meld_sized_manifest(work: Path, n_max: int) -> Path:
     """A text-only manifest with the real MELD CSV rows (13,708), prepared with the `manifest` recipe."""
     import csv
@@ -182,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "features.json")
     ap.add_argument("--dialogues", type=int, default=None, help="synthetic dialogues (default 30, quick 5)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base-sized random wav2vec2 measurement")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3, quick 1)")
     args = ap.parse_args(argv)
     import os
@@ -209,11 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
             workers = (1, 2) if not args.quick or spec.slot == "a" else ()
             results.append(bench_slot(spec, cache, repeats, workers))
             print(f"  done {spec.slot} ({spec.extractor})", file=sys.stderr)
+        base = [] if args.quick or args.no_base else bench_w2v_base(work, cache)
         meld = bench_meld_sized(work / "meld", args.quick) if MELD_CSVS.is_dir() else None
     import torch
 
     report = {"quick": args.quick, "dialogues": dialogues, "repeats": repeats, "torch_threads": torch.get_num_threads(),
-              "cpus": os.cpu_count(), "extractors": results, "meld_sized": meld,
+              "cpus": os.cpu_count(), "extractors": results, "wav2vec2_base_sized": base, "meld_sized": meld,
               "total_s": time.perf_counter() - t_all,
               "note": "tiny Swin/wav2vec2 are plumbing checkpoints; ratio = naive seconds / pipeline seconds"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +253,7 @@ def format_report(r: dict) -> str:
     head = ("slot", "extractor", "utts", "pipe utt/s", "naive utt/s", "ratio", "cached s", "decode s", "fwd s",
             "dask1 s", "dask2 s")
     rows = [head]
-    for e in r["extractors"]:
+    for e in r["extractors"] + (r.get("wav2vec2_base_sized") or []):
         rows.append((e["slot"], e["extractor"], str(e["utterances"]), f"{e['pipeline_utt_per_s']:.1f}",
                      f"{e['naive_utt_per_s']:.1f}", f"{e['ratio']:.2f}x", f"{e['cached_rerun_s']:.2f}",
                      f"{e['decode_s']:.2f}", f"{e['forward_s']:.2f}",
