@@ -57,6 +57,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, segment: Segment = No
             kinds = ", ".join(f"{s.type}:{s.codec_context.name}" for s in container.streams) or "none"
             raise MediaError(f"{path}: no audio stream (streams: {kinds}); point the manifest's audio at a file with sound")
         stream = container.streams.audio[0]
+        declared = _declared_seconds(path, container, stream)
         t0 = 0.0
         if seg is not None and seg[0] > 0 and stream.time_base is not None:
             try:
@@ -94,7 +95,30 @@ def load_audio(path: str | Path, sample_rate: int = 16000, segment: Segment = No
         raise MediaError(f"{path}: no audio samples in the {where} (empty, truncated, or segment past the end)")
     if not np.isfinite(wav).all():
         raise MediaError(f"{path}: decoded audio holds non-finite samples; the file is corrupt")
+    got = wav.size / sample_rate
+    if seg is None and declared is not None and got < 0.9 * declared - 0.05:
+        # a cut-off download still decodes; a silent half-utterance would be a wrong feature, not a failure
+        raise MediaError(f"{path}: truncated audio: header declares {declared:.2f} s, only {got:.2f} s decode; "
+                         "re-copy the file from the original archive")
     return np.clip(wav, -1.0, 1.0)
+
+
+def _declared_seconds(path: str, container, stream) -> float | None:
+    """Duration the file header declares (None when it declares none). FFmpeg clamps a WAV's duration
+    to the bytes present, so a WAV's RIFF header is read directly."""
+    if path.lower().endswith(".wav"):
+        import wave
+
+        try:
+            with wave.open(path, "rb") as w:
+                return w.getnframes() / w.getframerate()
+        except (wave.Error, EOFError, OSError):
+            pass  # not plain PCM: fall back to what the demuxer says
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # av.time_base: microseconds
+    return None
 
 
 def frame_indices(first: int, count: int, num_frames: int) -> np.ndarray:

@@ -166,3 +166,18 @@ def test_frames_errors(media, tmp_path):
         assert str(path) in str(info.value)
     with pytest.raises(MediaError, match="no frames"):
         load_frames(media["mono"], segment=(50.0, 60.0))
+
+
+def test_truncated_wav_is_a_media_error_not_half_a_feature(tmp_path):
+    """FFmpeg decodes a cut-off WAV without complaint; the RIFF header says how long it should be."""
+    import wave
+
+    path = tmp_path / "cut.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(16000) / 10) * 8000).astype("<i2").tobytes())
+    assert load_audio(path).shape == (16000,)  # intact: fine
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match="truncated audio: header declares 1.00 s"):
+        load_audio(path)
