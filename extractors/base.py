@@ -149,6 +149,35 @@ def is_local(ref: str) -> bool:
     return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~"))
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers at all. Without this, an offline machine spends ~50 s in
+    huggingface_hub's retry back-off before the load fails; with it, we go to the local cache at once."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            _HUB_REACHABLE = True
+        except OSError:
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
+
+
+_HUB_REACHABLE: bool | None = None
+
+
+def hf_load_kwargs(ref: str, revision: str | None) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained`: the revision, and cache-only loading when a hub id is
+    asked for while the hub cannot be reached (the ModelLoadError then says what to pass instead)."""
+    return {"revision": revision, "local_files_only": not Path(ref).expanduser().exists() and not hub_reachable()}
+
+
 def weights_identity(ref: str, revision: str | None = None) -> dict[str, Any]:
     """{"hub": id, "revision": rev} for a hub id; {"sha256": digest, "files": n} for a local
     checkpoint (file or directory; names and contents of the files that define the model)."""

@@ -19,7 +19,8 @@ import numpy as np
 
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import EXTRACTORS, Extractor, autocast_context, check_choice, load_error, to_float32, torch_provenance
+from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+                   torch_provenance)
 
 BACKENDS = ("auto", "transformers", "timm")
 
@@ -83,8 +84,8 @@ class SwinExtractor(Extractor):
         from transformers import AutoImageProcessor, AutoModel
 
         try:
-            self._processor = AutoImageProcessor.from_pretrained(ref, revision=self.config.revision)
-            model = AutoModel.from_pretrained(ref, revision=self.config.revision, dtype=torch.float32)
+            self._processor = AutoImageProcessor.from_pretrained(ref, **hf_load_kwargs(ref, self.config.revision))
+            model = AutoModel.from_pretrained(ref, **hf_load_kwargs(ref, self.config.revision), dtype=torch.float32)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise load_error("swin (transformers) model / image processor", ref, exc) from None
         if not hasattr(model.config, "hidden_size") or not hasattr(model, "pooler") or model.pooler is None:

@@ -12,7 +12,8 @@ import numpy as np
 
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
 
-from .base import EXTRACTORS, Extractor, autocast_context, check_choice, load_error, to_float32, torch_provenance
+from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+                   torch_provenance)
 
 POOLINGS = ("mean", "cls")
 
@@ -83,11 +84,11 @@ class TextHFExtractor(Extractor):
         ref, rev = self._model_ref(), self.config.revision
         self.weights_identity()  # a missing local path fails here with the clearer message
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(ref, revision=rev)
+            self._tokenizer = AutoTokenizer.from_pretrained(ref, **hf_load_kwargs(ref, rev))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise load_error("text-hf tokenizer", ref, exc) from None
         try:
-            self._model = AutoModel.from_pretrained(ref, revision=rev, dtype=torch.float32).to(device).eval()
+            self._model = AutoModel.from_pretrained(ref, **hf_load_kwargs(ref, rev), dtype=torch.float32).to(device).eval()
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise load_error("text-hf model", ref, exc) from None
         cfg = self._model.config

@@ -17,7 +17,8 @@ import numpy as np
 
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import EXTRACTORS, Extractor, autocast_context, check_choice, load_error, to_float32, torch_provenance
+from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+                   torch_provenance)
 from .text_hf import hidden_layer_range
 
 POOLINGS = ("mean", "none")
@@ -77,8 +78,8 @@ class Wav2Vec2Extractor(Extractor):
         ref, rev = self.config.model, self.config.revision
         self.weights_identity()
         try:
-            self._fe = AutoFeatureExtractor.from_pretrained(ref, revision=rev)
-            model = AutoModel.from_pretrained(ref, revision=rev, dtype=torch.float32)
+            self._fe = AutoFeatureExtractor.from_pretrained(ref, **hf_load_kwargs(ref, rev))
+            model = AutoModel.from_pretrained(ref, **hf_load_kwargs(ref, rev), dtype=torch.float32)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise load_error("wav2vec2 model / feature extractor", ref, exc) from None
         if not hasattr(model, "_get_feat_extract_output_lengths"):
