@@ -27,13 +27,17 @@ DATASET = "meld-text"
 PUBLISHED = ("ts-gcl", "ar-iigcn", "jv-icl", "deepmsi-mer")
 BASELINES = ("mlp", "bigru")
 TARGET_WF1 = 58.0
-# Bench schedules, chosen from single-seed dev-selected sweeps (see the README, "Benchmarks"):
-# lr 5e-4 beat both 1e-4 and 1e-3 for the graph/fusion models on MiniLM's 384-d input; TS-GCL's
-# +-10 window matches the reference GCN; JV-ICL trains better on raw (unstandardised) MiniLM vectors.
+# Bench schedules. lr 5e-4 beat 1e-4 and 1e-3 for the graph/fusion models on MiniLM's 384-d input
+# (single-seed sweeps); then d=128 (+ dropout 0.5 for the graph models) raised the mean *dev* weighted F1
+# over the 3 seeds for TS-GCL, AR-IIGCN and JV-ICL, so it is used. TS-GCL's +-10 window matches the
+# reference GCN. JV-ICL's standardize=false is the one choice dev did not back (single seed: dev 54.90 vs
+# 54.97 standardised); it is kept and flagged in the README rather than silently re-tuned.
 SETTINGS: dict[str, list[str]] = {
-    "ts-gcl": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6", "model.graph_window=10"],
-    "ar-iigcn": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6"],
-    "jv-icl": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6", "trainer.standardize=false"],
+    "ts-gcl": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6", "model.graph_window=10",
+               "model.d=128", "model.dropout=0.5"],
+    "ar-iigcn": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6", "model.d=128", "model.dropout=0.5"],
+    "jv-icl": ["trainer.epochs=30", "trainer.lr=5e-4", "trainer.patience=6", "trainer.standardize=false",
+               "model.d=128"],
     "deepmsi-mer": ["trainer.epochs=25", "trainer.lr=3e-4", "trainer.patience=6"],
     "mlp": ["trainer.epochs=30", "trainer.lr=1e-3", "trainer.patience=6"],
     "bigru": ["trainer.epochs=30", "trainer.lr=1e-3", "trainer.patience=6"],
