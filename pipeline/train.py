@@ -215,6 +215,10 @@ def fit(model_name: str, model_config: dict[str, Any] | None, corpus: Corpus, mo
     from mer_pipe.models.registry import build_model
 
     set_seed(seed)
+    if device == "cpu":
+        # Multi-threaded CPU scatter/index_add (graph message passing) otherwise sums in a thread-dependent
+        # order, and AR-IIGCN drifted by 0.5 W-F1 between two identical MELD runs on 2 threads.
+        torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_model(model_name, corpus.task, modalities, model_config).to(device)
     opt, params = _make_optimizer(model, cfg)
     n_steps = math.ceil(len(fold.train.units) / cfg.batch_size)
