@@ -64,7 +64,7 @@ def load_table(store: FeatureStore, dataset: str, slot: str) -> FeatureTable:
         )
     entry = lock[slot]
     extractor, key, dim = str(entry["extractor"]), str(entry["key"]), int(entry["dim"])
-    cmd = features_command(dataset, slot, extractor)
+    cmd = features_command(dataset, slot)
     where = f"feature set {dataset}/{extractor}/{key} (slot {slot!r})"
     fdir = store.feature_dir(dataset, extractor, key)
     if not fdir.is_dir():

@@ -250,7 +250,7 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
             if (ds, ex, key) not in seen:
                 problems.append(Problem("dangling-lock", ds, ex, key, store.lock_path(ds),
                                         f"slot {slot!r} is locked to {ex}/{key}, which does not exist",
-                                        f"run `{features_command(ds, slot, ex)}`"))
+                                        f"run `{features_command(ds, slot)}`"))
     return problems
 
 

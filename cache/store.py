@@ -44,9 +44,8 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/mer-pipe").expanduser()
 
 
-def features_command(dataset: str, slot: str, extractor: str | None = None) -> str:
+def features_command(dataset: str, slot: str) -> str:
     """The command that (re)builds the features of a slot; quoted in every 'missing features' error."""
-    del extractor  # the preset names the extractor of every slot; kept for callers that pass it
     return f"mer-pipe features --dataset {dataset} --only {slot}"
 
 

@@ -14,6 +14,7 @@ about 1 point below the utterance MLP (58.0) and context models: no dialogue con
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -86,13 +87,14 @@ class DeepMSIConfig(ModelConfig):
         check_choices("deepmsi-mer", ("video_input", self.video_input, ("auto", "frames", "pooled")),
                       ("contrast", self.contrast, ("video_anchored", "all_pairs", "off")),
                       ("cls_norm", self.cls_norm, ("batch", "layer", "none")))
-        self.vsc_config()  # validates the vsc_* options
-        TCNConfig(self.tcn_channels, self.tcn_kernel, self.tcn_dropout)
+        self.vsc_config(), self.tcn_config()  # validate the vsc_* / tcn_* options
 
     def vsc_config(self) -> VSCConfig:
-        return VSCConfig(select=self.vsc_select, k=self.vsc_k, threshold=self.vsc_threshold, tau=self.vsc_tau,
-                         guide_weight=self.vsc_guide_weight, keep_order=self.vsc_keep_order, merge=self.vsc_merge,
-                         delta=self.vsc_delta, alpha=self.vsc_alpha, scale_by_relevance=self.vsc_scale_by_relevance)
+        """The flat `vsc_*` options (settable as `--set model.vsc_k=8`) as the VSC block's own config."""
+        return VSCConfig(**{f.name: getattr(self, f"vsc_{f.name}") for f in dataclasses.fields(VSCConfig)})
+
+    def tcn_config(self) -> TCNConfig:
+        return TCNConfig(self.tcn_channels, self.tcn_kernel, self.tcn_dropout)
 
 
 @MODELS.register("deepmsi-mer")
@@ -121,7 +123,7 @@ class DeepMSI(nn.Module):
                 if not cfg.vsc_scale_by_relevance:
                     self.proc.requires_grad_(False)  # code-exact: no gradient ever reaches it
             self.frame_proj = nn.Linear(frame_dim, cfg.guide_dim)  # VSC runs in the guide's space (§8.2)
-            self.tcn = TCN(cfg.guide_dim, TCNConfig(cfg.tcn_channels, cfg.tcn_kernel, cfg.tcn_dropout))
+            self.tcn = TCN(cfg.guide_dim, cfg.tcn_config())
         proj_in = {m: task.in_dims[m] for m in self.modalities}
         if self.frames:
             proj_in["v"] = self.tcn.out_dim

@@ -79,12 +79,12 @@ def parse_modalities(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in items)
 
 
-def features_hint(dataset: str, slot: str, cache_dir: str | Path | None, extractor: str | None = None) -> str:
+def features_hint(dataset: str, slot: str, cache_dir: str | Path | None) -> str:
     """The exact command that builds the features of a slot (the store's wording) plus --cache-dir."""
     from mer_pipe.cache.store import features_command
 
     cd = f" --cache-dir {cache_dir}" if cache_dir is not None else ""
-    return features_command(dataset, slot, extractor) + cd
+    return features_command(dataset, slot) + cd
 
 
 def _polarities(utts, class_names: Sequence[str]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
@@ -168,7 +168,7 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
             raise CacheError(
                 f"modality {m!r}: the checkpoint was trained on feature key {expected_keys[m]} but lock slot "
                 f"{slot!r} of dataset {dataset!r} now serves key {entry.get('key')} ({entry.get('extractor')}); "
-                f"re-run `{features_hint(dataset, slot, cache_dir, entry.get('extractor'))}` with the run's feature config so the lock "
+                f"re-run `{features_hint(dataset, slot, cache_dir)}` with the run's feature config so the lock "
                 f"serves {expected_keys[m]} again, or retrain with `mer-pipe train`"
             )
         table = store.load(dataset, slot)
