@@ -72,18 +72,18 @@ def drop_features(cache: Path, dataset: str, extractor: str) -> None:
 
 
 def bench_slot(spec, cache: Path, repeats: int, workers: tuple[int, ...]) -> dict:
-    from mer_pipe.pipeline.executors import ExecutorConfig
-    from mer_pipe.pipeline.features import extract_features
-    from mer_pipe.pipeline.plan import make_plan
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.extract.plan import make_plan
 
     serial = ExecutorConfig("serial")
     # Warm-up: loads the extractor into this process once (the per-process cache keeps it).
     extract_features(DATASET, [spec], cache_dir=cache, executor=serial, progress=False)
     plan = make_plan(DATASET, [spec], cache_dir=cache)
     stage = plan.stages[0]
-    from mer_pipe.pipeline.plan import _items  # same items the tasks get
+    from mer_pipe.pipeline.extract.plan import _items  # same items the tasks get
 
-    from mer_pipe.pipeline.manifest import load_dataset
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     _, utts = load_dataset(DATASET, cache)
     items = _items(stage.modality, utts, plan.corpus_root)
@@ -121,7 +121,7 @@ def bench_w2v_base(work: Path, cache: Path) -> list[dict]:
     """The tiny wav2vec2 is all decoding; a randomly initialised wav2vec2-base-sized model (95 M parameters,
     transformers' default Wav2Vec2Config, weights irrelevant for speed) shows the forward cost a user pays.
     fp32 and bf16 autocast; one repeat each, no dask sweep (minutes per pass on 2 cores)."""
-    from mer_pipe.pipeline.presets import resolve_slots
+    from mer_pipe.pipeline.extract.presets import resolve_slots
 
     path = work / "w2v-base-random"
     if not path.exists():
@@ -146,8 +146,8 @@ def meld_sized_manifest(work: Path, n_max: int) -> Path:
     """A text-only manifest with the real MELD CSV rows (13,708), prepared with the `manifest` recipe."""
     import csv
 
-    from mer_pipe.pipeline.manifest import Utterance, write_manifest
-    from mer_pipe.pipeline.prepare import prepare
+    from mer_pipe.pipeline.corpus.manifest import Utterance, write_manifest
+    from mer_pipe.pipeline.corpus.prepare import prepare
 
     labels = "neutral surprise fear sadness joy disgust anger".split()
     utts = []
@@ -175,9 +175,9 @@ def meld_sized_manifest(work: Path, n_max: int) -> Path:
 
 
 def bench_meld_sized(work: Path, quick: bool) -> dict:
-    from mer_pipe.pipeline.executors import ExecutorConfig
-    from mer_pipe.pipeline.features import extract_features
-    from mer_pipe.pipeline.presets import resolve_slots
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.extract.presets import resolve_slots
 
     cache = work / "cache"
     n_max = 2000 if quick else MELD_SIZE
@@ -214,9 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.presets import resolve_slots
-    from mer_pipe.pipeline.synth import synthesize
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.extract.presets import resolve_slots
+    from mer_pipe.pipeline.corpus.synth import synthesize
 
     dialogues = args.dialogues or (5 if args.quick else 30)
     if args.threads:

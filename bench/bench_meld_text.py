@@ -46,10 +46,10 @@ SETTINGS: dict[str, list[str]] = {
 
 def prepare_features(cache: Path, device: str) -> float:
     """Prepare MELD text-only and extract the offline `t` slot (a second run reuses the cache)."""
-    from mer_pipe.pipeline.executors import ExecutorConfig
-    from mer_pipe.pipeline.features import extract_features
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.presets import resolve_slots
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.extract.presets import resolve_slots
 
     if not (MELD / "train_sent_emo.csv").is_file():
         sys.exit(f"MELD CSVs not found in {MELD}; put train/dev/test_sent_emo.csv there")
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mer_pipe.pipeline.commands_train import train_run
-    from mer_pipe.pipeline.train import resolve_device
+    from mer_pipe.pipeline.cli.train import train_run
+    from mer_pipe.common.devices import resolve_device
 
     device = resolve_device(args.device)
     if device == "cpu":

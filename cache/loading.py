@@ -1,25 +1,12 @@
 """Follow a dataset's lock to one feature set and assemble its shards into a FeatureTable."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from mer_pipe.common.errors import CacheError
+from mer_pipe.common.errors import CacheError, FeaturesMissing
 
-from .shard import Shard, read_shard
-from .store import DATASET_FILE, FeatureTable, features_command, first_duplicate, read_json
-
-if TYPE_CHECKING:
-    from .store import FeatureStore
-
-
-def _manifest_digest(store: FeatureStore, dataset: str) -> str | None:
-    try:
-        info = read_json(store.dataset_dir(dataset) / DATASET_FILE, "dataset file")
-    except FileNotFoundError:
-        return None
-    return info.get("manifest_digest") if isinstance(info, dict) else None
+from .shard import Shard, first_duplicate, read_shard
+from .store import LOCK_FIELDS, FeatureStore, FeatureTable
 
 
 def _assemble(shards: list[Shard], dim: int, where: str) -> tuple[str, np.ndarray | list[np.ndarray]]:
@@ -32,7 +19,7 @@ def _assemble(shards: list[Shard], dim: int, where: str) -> tuple[str, np.ndarra
     for s in informative:
         if s.dim != dim:
             raise CacheError(f"shard {s.path} has dim {s.dim} but the lock says {dim}; the feature set is inconsistent — "
-                             "run `mer-pipe cache verify`, delete it and re-extract")
+                             "verify the cache, delete the set and re-extract it")
     if kinds == {"pooled"} or not informative and all(s.layout == "pooled" for s in shards):
         parts = [s.values if s.valid.any() else np.zeros((len(s), dim), np.float32) for s in shards]
         return "pooled", np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, dim), np.float32)
@@ -53,46 +40,53 @@ def _assemble(shards: list[Shard], dim: int, where: str) -> tuple[str, np.ndarra
     return "ragged", out
 
 
-def load_table(store: FeatureStore, dataset: str, slot: str) -> FeatureTable:
-    """See FeatureStore.load. Every failure names what is missing and the command that rebuilds it."""
+def load_table(store: FeatureStore, dataset: str, slot: str, manifest_digest: str | None = None) -> FeatureTable:
+    """The locked features of `slot`: every shard, in manifest order, values as float32.
+
+    manifest_digest: the dataset's current digest; a feature set extracted from another manifest is
+    refused. Anything that makes the slot unusable raises FeaturesMissing (the caller names the command
+    that rebuilds it); a shard that cannot be read or fails its checksum raises CorruptShard.
+    """
     lock = store.read_lock(dataset)
     if slot not in lock:
         locked = ", ".join(sorted(lock)) or "none"
-        raise CacheError(
-            f"no features are locked for slot {slot!r} of dataset {dataset!r} (locked slots: {locked}); "
-            f"run `{features_command(dataset, slot)}`"
-        )
+        raise FeaturesMissing(dataset, slot, f"no features are locked for slot {slot!r} of dataset {dataset!r} "
+                                             f"(locked slots: {locked})")
     entry = lock[slot]
+    missing_fields = [f for f in LOCK_FIELDS if f not in entry]
+    if missing_fields:
+        raise FeaturesMissing(dataset, slot, f"lock entry {slot!r} of {store.lock_path(dataset)} lacks {missing_fields}")
     extractor, key, dim = str(entry["extractor"]), str(entry["key"]), int(entry["dim"])
-    cmd = features_command(dataset, slot)
     where = f"feature set {dataset}/{extractor}/{key} (slot {slot!r})"
+
+    def gone(detail: str) -> FeaturesMissing:
+        return FeaturesMissing(dataset, slot, f"{where} {detail}")
+
     fdir = store.feature_dir(dataset, extractor, key)
     if not fdir.is_dir():
-        raise CacheError(f"{where} is locked but {fdir} does not exist (deleted?); run `{cmd}`")
+        raise gone(f"is locked but {fdir} does not exist (deleted?)")
     try:
         spec = store.read_spec(dataset, extractor, key)
     except CacheError as exc:
-        raise CacheError(f"{exc}; for this slot run `{cmd}`") from None
+        raise gone(f"cannot be used: {exc}") from None
     n = spec.get("n_shards")
     if not isinstance(n, int) or n < 1:
-        raise CacheError(f"{where}: spec.json has no valid n_shards ({n!r}); delete {fdir} and run `{cmd}`")
+        raise gone(f"has no valid n_shards in spec.json ({n!r})")
     missing = sorted(set(range(n)) - store.existing_shards(dataset, extractor, key, n))
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise CacheError(f"{where} is incomplete: {len(missing)} of {n} shards missing (index {shown}); "
-                         f"run `{cmd}` to extract only the missing shards")
-    current = _manifest_digest(store, dataset)
-    if current and spec.get("manifest_digest") and spec["manifest_digest"] != current:
-        raise CacheError(f"{where} was extracted from another manifest (digest {spec['manifest_digest']} vs current "
-                         f"{current}); the dataset was re-prepared — run `{cmd}`")
-    shards = [read_shard(store.shard_path(dataset, extractor, key, i, n)) for i in range(n)]
+        raise gone(f"is incomplete: {len(missing)} of {n} shards missing (index {shown})")
+    if manifest_digest and spec.get("manifest_digest") and spec["manifest_digest"] != manifest_digest:
+        raise gone(f"was extracted from another manifest (digest {spec['manifest_digest'][:12]} vs current "
+                   f"{manifest_digest[:12]}): the dataset was re-prepared")
+    shards = [read_shard(store.shard_path(dataset, extractor, key, i, n), verify=True) for i in range(n)]
     for s in shards:
         if s.key is not None and s.key != key:
-            raise CacheError(f"shard {s.path} belongs to key {s.key!r}, not {key!r}; delete it and run `{cmd}`")
+            raise gone(f"holds shard {s.path} of key {s.key!r}")
     ids = [uid for s in shards for uid in s.ids]
     dup = first_duplicate(ids)
     if dup is not None:
-        raise CacheError(f"{where}: utterance {dup!r} appears in two shards; delete {fdir} and run `{cmd}`")
+        raise gone(f"has utterance {dup!r} in two shards")
     layout, values = _assemble(shards, dim, where)
     valid = np.concatenate([s.valid for s in shards]) if shards else np.zeros(0, np.bool_)
     reasons = {uid: r for s in shards for uid, r in s.reasons.items()}

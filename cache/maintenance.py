@@ -11,14 +11,13 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from mer_pipe.common.errors import CacheError
+from mer_pipe.common.files import TMP_MARK
 
-from .store import SHARD_RE, SPEC_FILE, TMP_MARK, features_command
-
-if TYPE_CHECKING:
-    from .store import FeatureStore
+from .shard import read_shard
+from .store import SHARD_RE, SPEC_FILE, FeatureStore
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,6 @@ def _slots(lock: dict[str, dict[str, Any]], ex: str, key: str) -> tuple[str, ...
 
 def ls(store: FeatureStore, dataset: str | None = None) -> list[FeatureSetInfo]:
     """Every feature set (optionally of one dataset), reading only shard attrs and `valid` flags."""
-    from .shard import read_shard
 
     out: list[FeatureSetInfo] = []
     locks: dict[str, dict[str, dict[str, Any]]] = {}
@@ -195,13 +193,12 @@ def ls(store: FeatureStore, dataset: str | None = None) -> list[FeatureSetInfo]:
 
 def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
     """Re-read every shard and check checksum, key and completeness; also locks pointing nowhere."""
-    from .shard import read_shard
 
     problems: list[Problem] = []
     seen: set[tuple[str, str, str]] = set()
     for ds, ex, key, fdir in iter_feature_sets(store, dataset):
         seen.add((ds, ex, key))
-        rebuild = f"delete it and rerun `mer-pipe features --dataset {ds}` (only missing shards are extracted)"
+        rebuild = f"delete it and re-extract the features of {ds} (only missing shards are computed)"
 
         def add(kind: str, path: Path, msg: str, fix: str = rebuild) -> None:
             problems.append(Problem(kind, ds, ex, key, path, msg, fix))
@@ -209,7 +206,7 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
         spec = None
         if not (fdir / SPEC_FILE).is_file():
             add("missing-spec", fdir / SPEC_FILE, f"feature set {ds}/{ex}/{key} has no {SPEC_FILE}",
-                f"remove {fdir} (`mer-pipe cache gc`) or rerun `mer-pipe features --dataset {ds}`")
+                f"remove {fdir} or re-extract the features of {ds}")
         else:
             spec = _spec(store, ds, ex, key)
             if spec is None or not isinstance(spec.get("n_shards"), int):
@@ -237,20 +234,20 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
             for i in sorted(set(range(n_expected)) - present):
                 add("missing-shard", fdir / f"shard-{i:05d}-of-{n_expected:05d}.h5",
                     f"shard {i} of {n_expected} of {ds}/{ex}/{key} is missing",
-                    f"rerun `mer-pipe features --dataset {ds}` to extract the missing shards")
+                    f"re-extract the features of {ds}: only the missing shards are computed")
     for ds in [dataset] if dataset is not None else store.datasets():
         try:
             lock = store.read_lock(ds)
         except CacheError as exc:
             problems.append(Problem("dangling-lock", ds, None, None, store.lock_path(ds), str(exc),
-                                    f"delete {store.lock_path(ds)} and rerun `mer-pipe features --dataset {ds}`"))
+                                    f"delete {store.lock_path(ds)} and re-extract the features of {ds}"))
             continue
         for slot, entry in sorted(lock.items()):
             ex, key = str(entry.get("extractor")), str(entry.get("key"))
             if (ds, ex, key) not in seen:
                 problems.append(Problem("dangling-lock", ds, ex, key, store.lock_path(ds),
                                         f"slot {slot!r} is locked to {ex}/{key}, which does not exist",
-                                        f"run `{features_command(ds, slot)}`"))
+                                        f"re-extract slot {slot!r} of {ds}"))
     return problems
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mer_pipe.common.errors import CacheError, ConfigError
+from mer_pipe.common.errors import CacheError, ConfigError, CorruptShard
 
-from .store import first_duplicate, temp_name
+from mer_pipe.common.files import atomic_path
 
 FORMAT_VERSION = 1
 LAYOUTS = ("pooled", "sequence", "ragged")
@@ -64,6 +64,16 @@ class Shard:
         else:
             flat = np.zeros((0, self.dim), np.dtype(self.attrs.get("dtype", "float32")))
         return content_checksum(self.ids, np.asarray(flat), self.valid, self.offsets)
+
+
+def first_duplicate(items: Sequence[str]) -> str | None:
+    """The first id that occurs twice, or None."""
+    seen: set[str] = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
 
 
 def content_checksum(ids: Sequence[str], values: np.ndarray, valid: np.ndarray, offsets: np.ndarray | None) -> str:
@@ -203,33 +213,20 @@ def write_shard(
         if v is None or not isinstance(v, (str, int, float, bool, np.integer, np.floating)):
             raise CacheError(f"shard attr {k!r} has unsupported type {type(v).__name__}; use str, number, bool, dict or list")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(temp_name(path.name))
     str_dt = h5py.string_dtype("utf-8")
-    try:
-        # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=str_dt)
-            f.create_dataset("values", data=values)
-            f.create_dataset("valid", data=valid)
-            f.create_dataset("reasons", data=np.array(reason_list, dtype=object), dtype=str_dt)
-            if offsets is not None:
-                f.create_dataset("offsets", data=offsets)
-            for k, v in user_attrs.items():
-                f.attrs[k] = v
-            f.attrs["_json_attrs"] = json.dumps(json_attrs)
-            f.attrs.update({"layout": layout, "n": n, "dim": d, "dtype": dtype, "format": FORMAT_VERSION,
-                            "checksum": content_checksum(ids, values, valid, offsets)})
-        # Flush to disk before the rename so a power cut cannot leave a complete-looking empty file.
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=str_dt)
+        f.create_dataset("values", data=values)
+        f.create_dataset("valid", data=valid)
+        f.create_dataset("reasons", data=np.array(reason_list, dtype=object), dtype=str_dt)
+        if offsets is not None:
+            f.create_dataset("offsets", data=offsets)
+        for k, v in user_attrs.items():
+            f.attrs[k] = v
+        f.attrs["_json_attrs"] = json.dumps(json_attrs)
+        f.attrs.update({"layout": layout, "n": n, "dim": d, "dtype": dtype, "format": FORMAT_VERSION,
+                        "checksum": content_checksum(ids, values, valid, offsets)})
     return path
 
 
@@ -241,17 +238,19 @@ def _attr(v: Any) -> Any:
     return v
 
 
-def read_shard(path: str | os.PathLike[str], *, values: bool = True) -> Shard:
-    """Read a shard. `values=False` skips the feature values (cheap listing: ids, valid, attrs only).
+def read_shard(path: str | os.PathLike[str], *, values: bool = True, verify: bool = False) -> Shard:
+    """Read a shard. `values=False` skips the feature values (cheap listing: ids, valid, attrs only);
+    `verify=True` recomputes the content checksum (one pass over bytes already in memory).
 
-    Raises CacheError naming the path when the file is missing, truncated or not a shard.
+    Raises CorruptShard naming the path when the file is missing, truncated, not a shard, or (verify)
+    fails its checksum; a feature run treats such a shard as missing and recomputes it.
     """
     import h5py
 
     path = Path(path)
-    fix = "delete it and rerun `mer-pipe features` to rebuild it (see `mer-pipe cache verify`)"
+    fix = "re-extract the features (a feature run recomputes it)"
     if not path.is_file():
-        raise CacheError(f"shard {path} does not exist; rerun `mer-pipe features` to build it")
+        raise CorruptShard(str(path), f"shard {path} does not exist; {fix}")
     try:
         with h5py.File(path, "r", locking=False) as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
@@ -269,9 +268,12 @@ def read_shard(path: str | os.PathLike[str], *, values: bool = True) -> Shard:
             else:
                 vals = np.zeros((0, dim), np.float32)
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"shard {path} is truncated or unreadable ({type(exc).__name__}: {exc}); {fix}") from None
+        raise CorruptShard(str(path), f"shard {path} is truncated or unreadable ({type(exc).__name__}: {exc}); {fix}") from None
     if len(valid) != len(ids) or len(reason_arr) != len(ids) or (offsets is not None and len(offsets) != len(ids) + 1):
-        raise CacheError(f"shard {path} is inconsistent (ids, valid, reasons or offsets differ in length); {fix}")
+        raise CorruptShard(str(path), f"shard {path} is inconsistent (ids, valid, reasons or offsets differ in length); {fix}")
     reasons = {uid: r for uid, r, ok in zip(ids, reason_arr, valid) if not ok}
-    return Shard(path=path, ids=ids, values=vals, valid=valid, reasons=reasons, attrs=attrs,
-                 layout=layout, dim=dim, offsets=offsets)
+    shard = Shard(path=path, ids=ids, values=vals, valid=valid, reasons=reasons, attrs=attrs,
+                  layout=layout, dim=dim, offsets=offsets)
+    if verify and values and attrs.get("checksum") and shard.checksum() != attrs["checksum"]:
+        raise CorruptShard(str(path), f"shard {path} fails its checksum (bytes changed on disk); {fix}")
+    return shard

@@ -4,8 +4,9 @@ Layout under the root (`--cache-dir`, else $MER_PIPE_CACHE, else ~/.cache/mer-pi
   <root>/<dataset>/lock.json                                  slot -> {"extractor", "key", "dim", ...}
   <root>/<dataset>/<extractor>/<key>/spec.json                what was extracted, how, how many shards
   <root>/<dataset>/<extractor>/<key>/shard-00003-of-00016.h5  contiguous manifest slices, 0-based index
-The lock is the only link between extraction and training: `load(dataset, slot)` follows it.
-Maintenance (ls, verify, gc, du) lives in cache/maintenance.py; the methods here delegate to it.
+The lock is the only link between extraction and training: `cache.loading.load_table` follows it.
+Loading (`cache.loading.load_table`) and maintenance (`cache.maintenance`: ls, verify, gc, du) are
+functions over a store; they import this module, never the other way round.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import datetime
 import json
 import os
 import re
-import socket
-import uuid
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,17 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from mer_pipe.common.errors import CacheError, ConfigError
+from mer_pipe.common.files import write_json_atomic
 
 if TYPE_CHECKING:  # numpy only for annotations: importing the store stays light
     import numpy as np
 
-    from .maintenance import DiskUsage, FeatureSetInfo, Problem
-
-TMP_MARK = ".tmp-"  # every temp file the store writes carries this mark; the store ignores and gc cleans them
 LOCK_FILE = "lock.json"
 SPEC_FILE = "spec.json"
-DATASET_FILE = "dataset.json"
-MODALITY_SLOTS = ("t", "a", "v")
 LOCK_FIELDS = ("extractor", "key", "dim")
 SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -42,11 +37,6 @@ def default_root() -> Path:
     """$MER_PIPE_CACHE if set, else ~/.cache/mer-pipe."""
     env = os.environ.get("MER_PIPE_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/mer-pipe").expanduser()
-
-
-def features_command(dataset: str, slot: str) -> str:
-    """The command that (re)builds the features of a slot; quoted in every 'missing features' error."""
-    return f"mer-pipe features --dataset {dataset} --only {slot}"
 
 
 def shard_name(i: int, n: int) -> str:
@@ -64,36 +54,6 @@ def check_name(kind: str, value: str) -> str:
             "(no '/', no leading '.', not empty)"
         )
     return value
-
-
-def temp_name(final_name: str) -> str:
-    """`<final>.tmp-<host>-<pid>-<random>`: unique per writer, and gc can tell whether its writer is alive."""
-    return f"{final_name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def first_duplicate(items: list[str]) -> str | None:
-    seen: set[str] = set()
-    for x in items:
-        if x in seen:
-            return x
-        seen.add(x)
-    return None
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder and rename it over `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(temp_name(path.name))
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -194,7 +154,7 @@ class FeatureStore:
         except FileNotFoundError:
             raise CacheError(
                 f"feature set {dataset}/{extractor}/{key} has no {SPEC_FILE} ({path}); "
-                f"it was never completed or was deleted — rerun `mer-pipe features --dataset {dataset}`"
+                "it was never completed or was deleted; extract the features again"
             ) from None
 
     # ---- lock --------------------------------------------------------------------------------
@@ -209,7 +169,7 @@ class FeatureStore:
         except FileNotFoundError:
             return {}
         if not isinstance(lock, dict) or not all(isinstance(v, dict) for v in lock.values()):
-            raise CacheError(f"lock file {path} is malformed (expected slot -> entry); delete it and rerun `mer-pipe features`")
+            raise CacheError(f"lock file {path} is malformed (expected slot -> entry); delete it and extract the features again")
         return lock
 
     @contextmanager
@@ -252,36 +212,9 @@ class FeatureStore:
             write_json_atomic(self.lock_path(dataset), lock)
         return lock
 
-    # ---- load --------------------------------------------------------------------------------
-    def load(self, dataset: str, slot: str) -> FeatureTable:
-        """Load the locked features of `slot`: every shard, in manifest order, values as float32."""
-        from .loading import load_table
-
-        return load_table(self, dataset, slot)
-
-    # ---- maintenance (cache/maintenance.py) ----------------------------------------------------
+    # ---- listing ------------------------------------------------------------------------------
     def datasets(self) -> list[str]:
         """Dataset folders under the root (sorted)."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
-
-    def ls(self, dataset: str | None = None) -> list[FeatureSetInfo]:
-        from .maintenance import ls
-
-        return ls(self, dataset)
-
-    def verify(self, dataset: str | None = None) -> list[Problem]:
-        from .maintenance import verify
-
-        return verify(self, dataset)
-
-    def gc(self, dry_run: bool = True, *, grace_s: float = 600.0) -> list[Path]:
-        from .maintenance import gc
-
-        return gc(self, dry_run=dry_run, grace_s=grace_s)
-
-    def du(self) -> list[DiskUsage]:
-        from .maintenance import du
-
-        return du(self)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mer_pipe.common.devices import resolve_device
 from mer_pipe.common.errors import ConfigError, ModelLoadError
 from mer_pipe.common.registry import Registry
 
@@ -236,20 +237,6 @@ def load_error(what: str, ref: str, exc: BaseException) -> ModelLoadError:
         hint = ("the hub is not reachable (offline, HF_HUB_OFFLINE=1) or the id is wrong; pass a local "
                 "directory written by save_pretrained, or use the `offline` preset")
     return ModelLoadError(f"cannot load {what} from {ref!r} ({type(exc).__name__}: {reason[:300]}); {hint}")
-
-
-def resolve_device(device: str) -> str:
-    if device == "cpu":
-        return device  # no torch import: weight-free extractors (opensmile) never need it
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"device {device!r} is not one of cpu, cuda, cuda:N, auto")
-    return device
 
 
 def autocast_context(enabled: bool, device: str):

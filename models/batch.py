@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-MODALITIES = ("t", "a", "v")
+from mer_pipe.common.modalities import MODALITIES  # noqa: F401  (models name modalities by these letters)
+
 POLARITY_NAMES = ("negative", "neutral", "positive")
 
 

@@ -35,9 +35,9 @@ def prepared(tmp_path_factory) -> Path:
     Read-only for tests: take a `fresh_cache` to write features."""
     import torch
 
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.presets import resolve_slots
-    from mer_pipe.pipeline.synth import synthesize
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.extract.presets import resolve_slots
+    from mer_pipe.pipeline.corpus.synth import synthesize
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("synth-meld")

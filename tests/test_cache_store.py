@@ -12,10 +12,12 @@ import h5py
 import numpy as np
 import pytest
 
+from mer_pipe.cache.loading import load_table
+from mer_pipe.cache import maintenance
 from mer_pipe.cache import shard as shard_mod
 from mer_pipe.cache.shard import read_shard, write_shard
 from mer_pipe.cache.store import FeatureStore, default_root
-from mer_pipe.common.errors import CacheError, ConfigError
+from mer_pipe.common.errors import CacheError, ConfigError, FeaturesMissing
 
 KEY = "0123456789abcdef"
 KEY2 = "fedcba9876543210"
@@ -149,8 +151,8 @@ def test_crash_before_rename_leaves_only_a_temp_file(store):
     assert len(temps) == 1
     assert store.existing_shards("ds", "enc", KEY, 1) == set()
     # the writer process is gone, so its temp file is stale even inside the grace period
-    assert temps[0] in store.gc(dry_run=True)
-    store.gc(dry_run=False, grace_s=1e9)
+    assert temps[0] in maintenance.gc(store, dry_run=True)
+    maintenance.gc(store, dry_run=False, grace_s=1e9)
     assert not temps[0].exists()
 
 
@@ -232,7 +234,7 @@ def test_concurrent_set_lock_loses_no_slot(store):
 # ---- load -----------------------------------------------------------------------------------------
 def test_load_keeps_manifest_order_across_shards(store):
     rows = _fill(store, n_shards=4, per=3, fail=("dia2_utt1",))
-    table = store.load("ds", "t")
+    table = load_table(store, "ds", "t")
     assert table.ids == [u for u, _ in rows]
     assert table.values.shape == (12, 3) and table.values.dtype == np.float32
     for i, (_, a) in enumerate(rows):
@@ -246,7 +248,7 @@ def test_load_keeps_manifest_order_across_shards(store):
 @pytest.mark.parametrize("layout", ["sequence", "ragged"])
 def test_load_sequence_and_ragged(store, layout):
     rows = _fill(store, layout=layout, fail=("dia0_utt1",))
-    table = store.load("ds", "t")
+    table = load_table(store, "ds", "t")
     assert table.layout == layout
     if layout == "sequence":
         assert table.values.shape == (6, 4, 3)
@@ -264,31 +266,31 @@ def test_load_mixed_shards(store):
     write_shard(store.shard_path("ds", "enc", KEY, 1, 3), ["b"], [None], {"b": "x"}, attrs={"key": KEY})
     write_shard(store.shard_path("ds", "enc", KEY, 2, 3), ["c"], [np.ones((4, 3))], {}, attrs={"key": KEY})
     store.set_lock("ds", "v", {"extractor": "enc", "key": KEY, "dim": 3})
-    table = store.load("ds", "v")
+    table = load_table(store, "ds", "v")
     assert table.layout == "sequence" and table.values.shape == (3, 4, 3) and not table.values[1].any()
     write_shard(store.shard_path("ds", "enc", KEY, 2, 3), ["c"], [np.ones((5, 3))], {}, attrs={"key": KEY})
-    table = store.load("ds", "v")
+    table = load_table(store, "ds", "v")
     assert table.layout == "ragged" and [v.shape[0] for v in table.values] == [4, 0, 5]
 
 
-def test_load_errors_give_the_command(store):
-    with pytest.raises(CacheError, match="`mer-pipe features --dataset ds --only t`"):
-        store.load("ds", "t")
+def test_load_errors_are_structured_and_name_the_slot(store):
+    # The cache says what is wrong and for which (dataset, slot); the pipeline adds the command (sealed boundary).
+    with pytest.raises(FeaturesMissing, match="slot 't'") as exc:
+        load_table(store, "ds", "t")
+    assert (exc.value.dataset, exc.value.slot) == ("ds", "t") and "mer-pipe" not in str(exc.value)
     _fill(store, n_shards=3)
     store.shard_path("ds", "enc", KEY, 1, 3).unlink()
-    with pytest.raises(CacheError, match=r"1 of 3 shards missing \(index 1\).*mer-pipe features --dataset ds --only t"):
-        store.load("ds", "t")
-    with pytest.raises(CacheError, match="locked slots: t"):
-        store.load("ds", "a")
+    with pytest.raises(FeaturesMissing, match=r"1 of 3 shards missing \(index 1\)"):
+        load_table(store, "ds", "t")
+    with pytest.raises(FeaturesMissing, match="locked slots: t"):
+        load_table(store, "ds", "a")
 
 
 def test_load_refuses_features_of_another_manifest(store):
     _fill(store)
-    (store.dataset_dir("ds") / "dataset.json").write_text(json.dumps({"manifest_digest": "new"}))
-    with pytest.raises(CacheError, match="another manifest"):
-        store.load("ds", "t")
-    (store.dataset_dir("ds") / "dataset.json").write_text(json.dumps({"manifest_digest": "m" * 8}))
-    assert len(store.load("ds", "t")) == 6
+    with pytest.raises(FeaturesMissing, match="another manifest"):
+        load_table(store, "ds", "t", manifest_digest="new")
+    assert len(load_table(store, "ds", "t", manifest_digest="m" * 8)) == 6
 
 
 # ---- ls / verify / gc / du ------------------------------------------------------------------------
@@ -296,14 +298,14 @@ def test_ls_and_du(store):
     _fill(store, fail=("dia1_utt0",))
     _fill(store, ex="other", key=KEY2, n_shards=2, lock=None)
     store.shard_path("ds", "other", KEY2, 1, 2).unlink()
-    infos = {i.key: i for i in store.ls()}
+    infos = {i.key: i for i in maintenance.ls(store)}
     a, b = infos[KEY], infos[KEY2]
     assert (a.slots, a.dim, a.layout, a.utterances, a.failures, a.shards_present, a.shards_expected) == (
         ("t",), 3, "pooled", 6, 1, 3, 3)
     assert a.complete and not b.complete and b.slots == () and b.shards_present == 1 and a.bytes > 0
     assert a.row()["shards"] == "3/3" and a.row()["slots"] == "t"
-    assert store.ls("missing-ds") == []
-    usage = store.du()
+    assert maintenance.ls(store, "missing-ds") == []
+    usage = maintenance.du(store)
     sets = {(u.extractor, u.key): u for u in usage}
     assert sets[("enc", KEY)].locked and not sets[("other", KEY2)].locked
     assert sets[(None, None)].bytes >= a.bytes + b.bytes
@@ -312,7 +314,7 @@ def test_ls_and_du(store):
 
 def test_verify_clean_store_has_no_problems(store):
     _fill(store, layout="ragged")
-    assert store.verify() == []
+    assert maintenance.verify(store) == []
 
 
 def test_verify_detects_damage(store):
@@ -335,7 +337,7 @@ def test_verify_detects_damage(store):
     store.lock_path("ds").write_text(json.dumps(lock))
     (store.feature_dir("ds", "enc", KEY2) / "spec.json").unlink()
 
-    found = {(p.kind, p.path.name) for p in store.verify()}
+    found = {(p.kind, p.path.name) for p in maintenance.verify(store)}
     assert found == {
         ("unreadable", "shard-00000-of-00004.h5"),
         ("checksum", "shard-00001-of-00004.h5"),
@@ -345,7 +347,7 @@ def test_verify_detects_damage(store):
         ("missing-spec", "spec.json"),
         ("dangling-lock", "lock.json"),
     }
-    assert all(p.fix and p.message for p in store.verify("ds"))
+    assert all(p.fix and p.message for p in maintenance.verify(store, "ds"))
 
 
 def test_gc_dry_run_then_real(store):
@@ -363,18 +365,18 @@ def test_gc_dry_run_then_real(store):
             os.utime(p, (old, old))
     os.utime(stale_tmp, (old, old))
 
-    victims = store.gc()
+    victims = maintenance.gc(store)
     assert victims == sorted([store.feature_dir("ds", "enc", KEY2), store.feature_dir("ds", "lonely", KEY2), stale_tmp])
     assert all(p.exists() for p in victims)  # dry run by default: deletes nothing
-    assert store.gc(dry_run=False) == victims
+    assert maintenance.gc(store, dry_run=False) == victims
     assert not any(p.exists() for p in victims)
     assert not (store.dataset_dir("ds") / "lonely").exists()  # emptied extractor folder goes too
     assert (keep_other / "r.json").exists()
-    assert len(store.load("ds", "t")) == 6
-    assert store.gc(dry_run=True, grace_s=0) == []
+    assert len(load_table(store, "ds", "t")) == 6
+    assert maintenance.gc(store, dry_run=True, grace_s=0) == []
 
 
 def test_gc_spares_recent_unlocked_sets(store):
     _fill(store, lock=None)  # just written, e.g. by a feature run that has not set its lock yet
-    assert store.gc(dry_run=True) == []
-    assert store.gc(dry_run=True, grace_s=0) == [store.feature_dir("ds", "enc", KEY)]
+    assert maintenance.gc(store, dry_run=True) == []
+    assert maintenance.gc(store, dry_run=True, grace_s=0) == [store.feature_dir("ds", "enc", KEY)]

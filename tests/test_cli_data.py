@@ -51,7 +51,7 @@ def test_bad_input_is_one_line(tmp_path):
 )
 def test_command_errors_name_the_fix(tmp_path, cmd, kwargs, needles):
     from mer_pipe.common.errors import MerPipeError
-    from mer_pipe.pipeline import commands_data
+    from mer_pipe.pipeline.cli import data as commands_data
 
     kw = {k: Path(v.format(tmp=tmp_path)) if isinstance(v, str) and "{tmp}" in v else v for k, v in kwargs.items()}
     with pytest.raises(MerPipeError) as err:

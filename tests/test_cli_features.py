@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mer_pipe.cache.loading import load_table
 from mer_pipe.pipeline.cli import main
 
 DATASET = "synth-meld"
@@ -17,7 +18,7 @@ MER_PIPE = str(Path(sys.executable).parent / "mer-pipe")
 
 
 def _ids(cache: Path) -> list[str]:
-    from mer_pipe.pipeline.manifest import load_dataset
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     return [u.id for u in load_dataset(DATASET, cache)[1]]
 
@@ -35,9 +36,9 @@ def test_features_end_to_end_then_cache_commands(fresh_cache, capsys):
     store = FeatureStore(cache)
     ids = _ids(cache)
     assert set(store.read_lock(DATASET)) == {"t", "a", "v", "a_w2v"}
-    video = store.load(DATASET, "v")
+    video = load_table(store, DATASET, "v")
     assert video.ids == ids and video.values.shape[:2] == (len(ids), 15)  # 15 Swin frames per utterance
-    assert store.load(DATASET, "t").dim == 384  # the packaged all-MiniLM-L6-v2
+    assert load_table(store, DATASET, "t").dim == 384  # the packaged all-MiniLM-L6-v2
 
     main(["features", "--dataset", DATASET, "--cache-dir", str(cache), "--executor", "serial", "--no-progress"])
     assert "everything was cached" in capsys.readouterr().out
@@ -118,6 +119,6 @@ def test_sigkilled_run_leaves_no_partial_shard_and_rerun_completes(fresh_cache):
 
     main(["features", "--dataset", DATASET, "--cache-dir", str(cache), "--executor", "serial", "--only", "v",
           "--no-progress"])
-    table = FeatureStore(cache).load(DATASET, "v")
+    table = load_table(FeatureStore(cache), DATASET, "v")
     assert table.ids == ids and len(set(table.ids)) == len(ids)  # every utterance exactly once
     assert len([p for p in fdir.iterdir() if SHARD_RE.match(p.name)]) == len(ids)

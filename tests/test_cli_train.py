@@ -55,7 +55,7 @@ def test_unknown_model_lists_the_choices(capsys):
 
 
 def test_missing_features_names_the_features_command(cache, tmp_path, capsys):
-    from mer_pipe.pipeline.prepare import prepare
+    from mer_pipe.pipeline.corpus.prepare import prepare
 
     bare = tmp_path / "bare-cache"
     prepare("meld", cache.parent / "corpus", name=DATASET, cache_dir=bare)

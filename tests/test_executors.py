@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_pipe.pipeline.executors import ExecutorConfig
-from mer_pipe.pipeline.features import extract_features
-from mer_pipe.pipeline.presets import resolve_slots
+from mer_pipe.cache.loading import load_table
+from mer_pipe.pipeline.extract.executors import ExecutorConfig
+from mer_pipe.pipeline.extract.run import extract_features
+from mer_pipe.pipeline.extract.presets import resolve_slots
 
 DATASET = "synth-meld"
 # openSMILE needs no torch, so workers start in about a second; the slow test adds a tiny torch text encoder.
@@ -28,8 +29,8 @@ BIN = Path(sys.executable).parent
 def prepared(tmp_path_factory) -> Path:
     import torch
 
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.synth import synthesize
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.corpus.synth import synthesize
 
     torch.set_num_threads(1)  # the dask workers run one torch thread each; match them
     base = tmp_path_factory.mktemp("exec")
@@ -58,7 +59,7 @@ def _tables(cache: Path, only: str = ONLY) -> dict:
     from mer_pipe.cache.store import FeatureStore
 
     store = FeatureStore(cache)
-    return {slot: store.load(DATASET, slot) for slot in only.split(",")}
+    return {slot: load_table(store, DATASET, slot) for slot in only.split(",")}
 
 
 def _pids(cache: Path) -> set[int]:
@@ -155,7 +156,7 @@ def test_dask_scheduler_with_two_worker_processes_matches_serial(prepared, refer
 
 def test_unreachable_scheduler_is_a_clear_error():
     from mer_pipe.common.errors import ConfigError
-    from mer_pipe.pipeline.executors import DaskExecutor
+    from mer_pipe.pipeline.extract.executors import DaskExecutor
 
     with pytest.raises(ConfigError, match="tcp://127.0.0.1:9"):
         DaskExecutor(scheduler="tcp://127.0.0.1:9", connect_timeout="2s")

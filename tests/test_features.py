@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mer_pipe.cache.loading import load_table
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
-from mer_pipe.pipeline.executors import ExecutorConfig
-from mer_pipe.pipeline.features import extract_features
-from mer_pipe.pipeline.plan import make_plan, shard_bounds
-from mer_pipe.pipeline.presets import SlotSpec, parse_override, resolve_slots
-from mer_pipe.pipeline.progress import reason_category
+from mer_pipe.pipeline.extract.executors import ExecutorConfig
+from mer_pipe.pipeline.extract.run import extract_features
+from mer_pipe.pipeline.extract.plan import make_plan, shard_bounds
+from mer_pipe.pipeline.extract.presets import SlotSpec, parse_override, resolve_slots
+from mer_pipe.pipeline.extract.progress import reason_category
 
 DATASET = "synth-meld"
 SERIAL = ExecutorConfig("serial")
@@ -35,7 +36,7 @@ def shard_files(cache: Path) -> list[Path]:
 
 def test_serial_run_locks_slots_and_records_media_failures(prepared, fresh_cache):
     from mer_pipe.cache.store import FeatureStore
-    from mer_pipe.pipeline.manifest import load_dataset
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     cache = fresh_cache
     summary = extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, shard_size=8, progress=False)
@@ -43,7 +44,7 @@ def test_serial_run_locks_slots_and_records_media_failures(prepared, fresh_cache
     ids = [u.id for u in utts]
     store = FeatureStore(cache)
     assert set(store.read_lock(DATASET)) == {"t", "a"}
-    text, audio = store.load(DATASET, "t"), store.load(DATASET, "a")
+    text, audio = load_table(store, DATASET, "t"), load_table(store, DATASET, "a")
     assert text.ids == ids and audio.ids == ids  # manifest order, each utterance exactly once
     assert text.valid.all() and text.values.shape == (len(ids), text.dim)
     planted = faults(prepared)
@@ -68,7 +69,7 @@ def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed
 
     cache = fresh_cache
     extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, shard_size=8, progress=False)
-    before = FeatureStore(cache).load(DATASET, "t").values.copy()
+    before = load_table(FeatureStore(cache), DATASET, "t").values.copy()
     again = extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, progress=False)
     assert again.submitted_shards == 0 and again.items == 0
     assert "everything was cached" in again.format()
@@ -79,7 +80,7 @@ def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed
     third = extract_features(DATASET, slots(cache), cache_dir=cache, executor=SERIAL, progress=False)
     assert third.submitted_shards == 1 and third.items == read_shard(victim, values=False).attrs["n"]
     assert all(p.stat().st_mtime_ns == t for p, t in others.items())  # nothing else was rewritten
-    np.testing.assert_array_equal(FeatureStore(cache).load(DATASET, "t").values, before)
+    np.testing.assert_array_equal(load_table(FeatureStore(cache), DATASET, "t").values, before)
 
 
 def test_keys_ignore_run_settings_and_follow_config(fresh_cache):
@@ -113,13 +114,13 @@ def test_strict_stops_at_first_media_failure_and_keeps_completed_work(prepared, 
                          shard_size=8, progress=False)
     msg = str(err.value)
     print(msg)
-    from mer_pipe.pipeline.manifest import load_dataset
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     first_bad = next(u.id for u in load_dataset(DATASET, cache)[1] if u.id in faults(prepared))
     assert first_bad in msg and ".mp4" in msg and "--strict" in msg
     store = FeatureStore(cache)
     assert set(store.read_lock(DATASET)) == {"t"}  # the text stage completed before audio failed
-    assert store.load(DATASET, "t").valid.all()
+    assert load_table(store, DATASET, "t").valid.all()
 
 
 def test_unloadable_model_gets_one_clear_message(fresh_cache):

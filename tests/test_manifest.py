@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mer_pipe.common.errors import CacheError, ManifestError
-from mer_pipe.pipeline.manifest import (
+from mer_pipe.pipeline.corpus.manifest import (
     FIELDS,
     Utterance,
     cache_root,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from mer_pipe.pipeline.metrics import (aggregate, class_counts, class_weights_from_counts, classification_metrics,
+from mer_pipe.pipeline.train.metrics import (aggregate, class_counts, class_weights_from_counts, classification_metrics,
                                        deepmsi_per_class_metrics, focal_loss)
 
 NAMES = ("happy", "sad", "neutral", "angry", "excited", "frustrated")

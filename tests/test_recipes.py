@@ -7,13 +7,13 @@ from collections import Counter
 import pytest
 
 from mer_pipe.common.errors import ConfigError, ManifestError
-from mer_pipe.pipeline.manifest import load_dataset, read_manifest, write_manifest
-from mer_pipe.pipeline.prepare import prepare
-from mer_pipe.pipeline.recipes import RECIPES, get_recipe
-from mer_pipe.pipeline.recipes.iemocap import CODES, load_splits, wav_problem
-from mer_pipe.pipeline.recipes.meld import LABELS as MELD_LABELS
-from mer_pipe.pipeline.recipes.meld import fix_mojibake, read_meld_csv
-from mer_pipe.pipeline.synth import synthesize
+from mer_pipe.pipeline.corpus.manifest import load_dataset, read_manifest, write_manifest
+from mer_pipe.pipeline.corpus.prepare import prepare
+from mer_pipe.pipeline.corpus.recipes import RECIPES, get_recipe
+from mer_pipe.pipeline.corpus.recipes.iemocap import CODES, load_splits, wav_problem
+from mer_pipe.pipeline.corpus.recipes.meld import LABELS as MELD_LABELS
+from mer_pipe.pipeline.corpus.recipes.meld import fix_mojibake, read_meld_csv
+from mer_pipe.pipeline.corpus.synth import synthesize
 
 # /work/shared/docs/models.md §1.1
 MELD_TABLE = {

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from mer_pipe.common.errors import ConfigError
-from mer_pipe.pipeline.recipes.iemocap import LABELS as IEMOCAP_LABELS
-from mer_pipe.pipeline.recipes.meld import CLIP_DIRS, LABELS as MELD_LABELS
-from mer_pipe.pipeline.recipes.meld import read_meld_csv
-from mer_pipe.pipeline.synth import synthesize
-from mer_pipe.pipeline.synth.cues import CUE_WORDS, CueConfig, class_colour
+from mer_pipe.pipeline.corpus.recipes.iemocap import LABELS as IEMOCAP_LABELS
+from mer_pipe.pipeline.corpus.recipes.meld import CLIP_DIRS, LABELS as MELD_LABELS
+from mer_pipe.pipeline.corpus.recipes.meld import read_meld_csv
+from mer_pipe.pipeline.corpus.synth import synthesize
+from mer_pipe.pipeline.corpus.synth.cues import CUE_WORDS, CueConfig, class_colour
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold
 
 from mer_pipe.common.errors import CacheError
-from mer_pipe.pipeline.data import iter_batches, load_corpus, make_view
-from mer_pipe.pipeline.evaluate import evaluate_run
-from mer_pipe.pipeline.protocols import KFOLD_WARNING, SELECT_ON_TEST_WARNING, make_folds
-from mer_pipe.pipeline.train import fit, make_train_config
+from mer_pipe.pipeline.train.data import iter_batches, load_corpus, make_view
+from mer_pipe.pipeline.train.evaluate import evaluate_run
+from mer_pipe.pipeline.train.protocols import KFOLD_WARNING, SELECT_ON_TEST_WARNING, make_folds
+from mer_pipe.pipeline.train.loop import fit, make_train_config
 
 DATASET = "synth-meld"
 DIALOGUES = 40
@@ -34,11 +34,11 @@ FAST = ["trainer.lr=3e-3", "trainer.patience=0"]
 
 def build_synth_features(base: Path) -> Path:
     """synth (40 dialogues) -> prepare -> offline t/a/v features, once per session; returns the cache dir."""
-    from mer_pipe.pipeline.executors import ExecutorConfig
-    from mer_pipe.pipeline.features import extract_features
-    from mer_pipe.pipeline.prepare import prepare
-    from mer_pipe.pipeline.presets import resolve_slots
-    from mer_pipe.pipeline.synth import synthesize
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.extract.presets import resolve_slots
+    from mer_pipe.pipeline.corpus.synth import synthesize
 
     cache, done = base / "cache", base / "features.done"
     if not done.exists():
@@ -63,7 +63,7 @@ def corpus(synth_cache):
 
 
 def _train(model, cache, out, modalities="t,a,v", seeds="0", epochs=8, extra=(), **kw):
-    from mer_pipe.pipeline.commands_train import train_run
+    from mer_pipe.pipeline.cli.train import train_run
 
     torch.set_num_threads(1)
     return train_run(model, DATASET, modalities=modalities, seeds=seeds, epochs=epochs, sets=[*FAST, *SMALL[model], *extra],
@@ -71,7 +71,7 @@ def _train(model, cache, out, modalities="t,a,v", seeds="0", epochs=8, extra=(),
 
 
 def test_batches_carry_frames_masks_labels_and_polarity(corpus, synth_cache):
-    from mer_pipe.pipeline.manifest import load_dataset
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     assert corpus.task.frame_shapes["v"][0] == 15 and corpus.task.n_classes == 7
     assert corpus.task.class_polarities[corpus.class_names.index("surprise")] == (0, 2)

@@ -63,7 +63,7 @@ def resolve_options(config: dict[str, Any], sets: Sequence[str]) -> tuple[dict, 
     `model.K` / `trainer.K` are explicit; a bare K goes to the trainer if it is a trainer option."""
     import dataclasses
 
-    from .train import TrainConfig
+    from mer_pipe.pipeline.train.loop import TrainConfig
 
     model_cfg = dict(config.get("model_config") or {})
     if isinstance(config.get("model"), dict):
@@ -105,10 +105,12 @@ def train_run(model: str, dataset: str, *, modalities: str | None = None, seeds:
     from mer_pipe.models import _all  # noqa: F401
     from mer_pipe.models.registry import MODELS
 
-    from .data import load_corpus, parse_modalities
-    from .protocols import parse_seeds, protocol_notes, run_protocol
-    from .report import default_run_dir, format_summary, write_run
-    from .train import make_train_config, model_config_dict, resolve_device, to_plain
+    from mer_pipe.pipeline.train.data import load_corpus, parse_modalities
+    from mer_pipe.pipeline.train.loop import run_protocol
+    from mer_pipe.pipeline.train.protocols import parse_seeds, protocol_notes
+    from mer_pipe.pipeline.train.report import default_run_dir, format_summary, write_run
+    from mer_pipe.common.devices import resolve_device
+    from mer_pipe.pipeline.train.loop import make_train_config, model_config_dict, to_plain
 
     config = load_config_file(config_file)
     if model is None and isinstance(config.get("model"), str):
@@ -179,8 +181,8 @@ def evaluate(
     device: Annotated[Optional[str], typer.Option(help="auto (default), cpu or cuda.")] = None,
 ) -> None:
     """Reload a run's checkpoint and features, re-score its test set and check the stored metrics are reproduced."""
-    from .evaluate import evaluate_run
-    from .train import resolve_device
+    from mer_pipe.pipeline.train.evaluate import evaluate_run
+    from mer_pipe.common.devices import resolve_device
 
     res = evaluate_run(run_dir, cache_dir, resolve_device(device), log=typer.echo)
     a = res["aggregate"]["test"]
@@ -196,11 +198,11 @@ def demo_run(out: Path, log: Callable[[str], None] = print, device: str | None =
     """synth -> prepare -> offline features -> train (see DEMO); returns (run dir, metrics)."""
     import time
 
-    from .executors import ExecutorConfig
-    from .features import extract_features
-    from .prepare import prepare
-    from .presets import resolve_slots
-    from .synth import synthesize
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.corpus.prepare import prepare
+    from mer_pipe.pipeline.extract.presets import resolve_slots
+    from mer_pipe.pipeline.corpus.synth import synthesize
 
     out = Path(out).expanduser().resolve()
     cache = out / "cache"

@@ -11,13 +11,13 @@ from pathlib import Path
 from mer_pipe.common.errors import ConfigError
 
 from ..manifest import Utterance, read_manifest
-from . import Recipe
+from .base import Recipe
 
 LAYOUT = "a JSONL file given with --manifest (one row per utterance, docs/contracts.md), media relative to --root"
 
 
 def collect(root: Path, report, probe: bool = False, manifest_file=None) -> list[Utterance]:
-    from ..prepare import probe_media
+    from ..probe import probe_media
 
     if manifest_file is None:
         raise ConfigError("recipe 'manifest' needs --manifest FILE (a JSONL in the schema of docs/contracts.md)")

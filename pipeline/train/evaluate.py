@@ -35,7 +35,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
     """
     from mer_pipe.models.registry import build_model
 
-    from .train import TrainConfig, predict
+    from .loop import TrainConfig, predict
 
     ck = load_checkpoint(Path(run_dir))
     modalities = tuple(ck["modalities"])

@@ -146,7 +146,7 @@ def resolve_slots(
 
 
 def weights_dir(cache_root: str | Path | None = None) -> Path:
-    from .manifest import cache_root as _root
+    from mer_pipe.pipeline.corpus.manifest import cache_root as _root
 
     return _root(cache_root) / WEIGHTS_DIR
 

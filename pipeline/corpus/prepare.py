@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mer_pipe.common.errors import ConfigError
+from mer_pipe.common.files import write_json_atomic
 
 from .manifest import SPLITS, Utterance, dataset_dir, manifest_digest, validate_utterances, write_manifest
 
@@ -104,33 +105,6 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def probe_media(path: Path, need_video: bool, need_audio: bool) -> str | None:
-    """Open a media file with PyAV; return why it is unusable, or None when it demuxes and decodes.
-
-    Demuxes every packet (cheap, catches truncation) and decodes the first frame of each needed stream.
-    """
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            if need_video and not c.streams.video:
-                return "no video stream"
-            if need_audio and not c.streams.audio:
-                return "no audio stream"
-            streams = (list(c.streams.video[:1]) if need_video else []) + (list(c.streams.audio[:1]) if need_audio else [])
-            decoded = {s.index: False for s in streams}
-            for pkt in c.demux(streams):
-                if pkt.size == 0 or decoded.get(pkt.stream.index, True):
-                    continue
-                if pkt.decode():
-                    decoded[pkt.stream.index] = True
-            if not all(decoded.values()):
-                return "no decodable frames (truncated?)"
-    except (av.error.FFmpegError, OSError) as exc:  # PyAV raises FFmpegError subclasses for broken files
-        return f"undecodable ({getattr(exc, 'strerror', None) or type(exc).__name__})"
-    return None
-
-
 def prepare(
     recipe: str,
     root: str | Path | None,
@@ -182,6 +156,4 @@ def _labels_from(utts: list[Utterance]) -> list[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1, sort_keys=False)

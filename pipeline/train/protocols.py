@@ -123,24 +123,3 @@ class RunRecord:
     fold: str
     result: object  # train.FitResult
     test_ids: list[str]
-
-
-def run_protocol(model_name: str, model_config: dict | None, corpus: Corpus, modalities: tuple[str, ...],
-                 protocol: str, select_on: str, seeds: tuple[int, ...], cfg, device: str,
-                 log=print) -> list[RunRecord]:
-    """Fit one model per (seed, fold) and collect the records (folds are the same for every seed)."""
-    from .train import fit
-
-    folds = make_folds(corpus, protocol, select_on, cfg.unit)
-    for note in protocol_notes(protocol, select_on):
-        log(note)
-    records = []
-    for seed in seeds:
-        for fold in folds:
-            log(f"{model_name} seed {seed} {fold.name}: {len(fold.train.units)} train units, "
-                f"{fold.dev.n_labelled} {select_on}-selection / {fold.test.n_labelled} test utterances")
-            res = fit(model_name, model_config, corpus, modalities, fold, cfg, seed, device, log)
-            log(f"{model_name} seed {seed} {fold.name}: best epoch {res.best_epoch + 1}, test acc "
-                f"{res.test['accuracy']:.4f} W-F1 {res.test['weighted_f1']:.4f}")
-            records.append(RunRecord(seed, fold.name, res, [corpus.ids[i] for i in np.flatnonzero(fold.test.keep)]))
-    return records

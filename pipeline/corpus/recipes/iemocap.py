@@ -17,7 +17,7 @@ from pathlib import Path
 from mer_pipe.common.errors import ManifestError
 
 from ..manifest import Utterance
-from . import Recipe
+from .base import Recipe
 
 LABELS = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
 CODES = {"hap": "happy", "sad": "sad", "neu": "neutral", "ang": "angry", "exc": "excited", "fru": "frustrated"}
@@ -31,7 +31,7 @@ LAYOUT = ("Session1..Session5/ (at the root or one folder below) each with dialo
 @lru_cache(maxsize=1)
 def load_splits() -> dict:
     """The packaged IEMOCAP-6 split lists: {labels, train, dev, test, utterances_per_dialogue}."""
-    text = resources.files("mer_pipe.pipeline.recipes").joinpath("iemocap_splits.json").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("iemocap_splits.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
@@ -97,7 +97,7 @@ def collect(root: Path, report, probe: bool = False, manifest_file=None) -> list
 
 
 def _collect_dialog(root: Path, sess: Path, dialog: str, split: str, report, probe: bool) -> list[Utterance]:
-    from ..prepare import probe_media
+    from ..probe import probe_media
 
     emo_file = sess / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
     rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731

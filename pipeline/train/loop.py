@@ -18,7 +18,7 @@ from mer_pipe.common.errors import ConfigError
 
 from .data import Corpus, View, feature_stats, iter_batches
 from .metrics import class_counts, class_weights_from_counts, classification_metrics, focal_loss
-from .protocols import Fold
+from .protocols import Fold, RunRecord, make_folds, protocol_notes
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("none", "cosine", "plateau")
@@ -103,20 +103,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto' (default) -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    import torch
-
-    device = device or "auto"
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device {device!r}: choose auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or --device auto")
-    return device
 
 
 @dataclass
@@ -310,3 +296,22 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     return obj
+
+
+def run_protocol(model_name: str, model_config: dict | None, corpus: Corpus, modalities: tuple[str, ...],
+                 protocol: str, select_on: str, seeds: tuple[int, ...], cfg, device: str,
+                 log=print) -> list[RunRecord]:
+    """Fit one model per (seed, fold) and collect the records (folds are the same for every seed)."""
+    folds = make_folds(corpus, protocol, select_on, cfg.unit)
+    for note in protocol_notes(protocol, select_on):
+        log(note)
+    records = []
+    for seed in seeds:
+        for fold in folds:
+            log(f"{model_name} seed {seed} {fold.name}: {len(fold.train.units)} train units, "
+                f"{fold.dev.n_labelled} {select_on}-selection / {fold.test.n_labelled} test utterances")
+            res = fit(model_name, model_config, corpus, modalities, fold, cfg, seed, device, log)
+            log(f"{model_name} seed {seed} {fold.name}: best epoch {res.best_epoch + 1}, test acc "
+                f"{res.test['accuracy']:.4f} W-F1 {res.test['weighted_f1']:.4f}")
+            records.append(RunRecord(seed, fold.name, res, [corpus.ids[i] for i in np.flatnonzero(fold.test.keep)]))
+    return records

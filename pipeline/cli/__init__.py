@@ -20,7 +20,7 @@ app = typer.Typer(
 def _compose() -> None:
     # Each module defines plain typer command functions and imports its heavy dependencies inside them,
     # so `mer-pipe --help` stays fast.
-    from . import commands_data, commands_features, commands_train
+    from . import data as commands_data, features as commands_features, train as commands_train
 
     app.command("synth")(commands_data.synth)
     app.command("prepare")(commands_data.prepare)

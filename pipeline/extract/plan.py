@@ -155,7 +155,7 @@ def make_plan(
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.extractors import build_extractor
 
-    from .manifest import cache_root, load_dataset
+    from mer_pipe.pipeline.corpus.manifest import cache_root, load_dataset
 
     if not slots:
         raise ConfigError("no feature slots selected; pick some with --only (e.g. --only t,a) or a --preset")

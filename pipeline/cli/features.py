@@ -32,10 +32,10 @@ def features(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
-    from .executors import ExecutorConfig
-    from .features import extract_features
-    from .manifest import cache_root
-    from .presets import DEFAULT_PRESET, resolve_slots
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.extract.run import extract_features
+    from mer_pipe.pipeline.corpus.manifest import cache_root
+    from mer_pipe.pipeline.extract.presets import DEFAULT_PRESET, resolve_slots
 
     ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind),
                             workers=workers, scheduler=scheduler)
@@ -54,7 +54,7 @@ cache_app = typer.Typer(help="Inspect and maintain the feature cache.", no_args_
 def _store(cache_dir: Path | None):
     from mer_pipe.cache.store import FeatureStore
 
-    from .manifest import cache_root
+    from mer_pipe.pipeline.corpus.manifest import cache_root
 
     return FeatureStore(cache_root(cache_dir))
 
@@ -75,8 +75,10 @@ def cache_ls(
     dataset: DatasetFilterOption = None,
 ) -> None:
     """List feature sets: slots locked to them, dim, utterances, failures, shards, size."""
+    from mer_pipe.cache import maintenance
+
     store = _store(cache_dir)
-    typer.echo(format_table([i.row() for i in store.ls(dataset)], f"no feature sets in {store.root}"))
+    typer.echo(format_table([i.row() for i in maintenance.ls(store, dataset)], f"no feature sets in {store.root}"))
 
 
 @cache_app.command("verify")
@@ -85,10 +87,12 @@ def cache_verify(
     dataset: DatasetFilterOption = None,
 ) -> None:
     """Re-read every shard (checksums, keys, completeness, locks). Exit code 1 when a problem is found."""
+    from mer_pipe.cache import maintenance
+
     store = _store(cache_dir)
-    problems = store.verify(dataset)
+    problems = maintenance.verify(store, dataset)
     if not problems:
-        n = len(store.ls(dataset))
+        n = len(maintenance.ls(store, dataset))
         typer.echo(f"ok: {n} feature set{'s' if n != 1 else ''} verified in {store.root}")
         return
     typer.echo(format_table([p.row() for p in problems]))
@@ -105,9 +109,11 @@ def cache_gc(
     grace: Annotated[Optional[float], typer.Option(help="Keep anything written in the last GRACE seconds (default 600: a run may be in progress).")] = None,
 ) -> None:
     """Remove feature sets no lock refers to, and stale temp files. Dry run unless --yes."""
+    from mer_pipe.cache import maintenance
+
     store = _store(cache_dir)
     kwargs = {} if grace is None else {"grace_s": grace}
-    victims = store.gc(dry_run=not yes, **kwargs)
+    victims = maintenance.gc(store, dry_run=not yes, **kwargs)
     if not victims:
         typer.echo("nothing to collect")
         return
@@ -123,6 +129,8 @@ def cache_du(
     dataset: DatasetFilterOption = None,
 ) -> None:
     """Disk use per feature set and per dataset."""
+    from mer_pipe.cache import maintenance
+
     store = _store(cache_dir)
-    rows = [u.row() for u in store.du() if dataset is None or u.dataset == dataset]
+    rows = [u.row() for u in maintenance.du(store) if dataset is None or u.dataset == dataset]
     typer.echo(format_table(rows, f"nothing stored in {store.root}"))

@@ -12,10 +12,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mer_pipe.common.errors import CacheError, ConfigError
-
-MODALITIES = ("t", "a", "v")
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "video"}
+from mer_pipe.common.errors import CacheError, ConfigError, FeaturesMissing
+from mer_pipe.common.modalities import MODALITIES, MODALITY_NAMES
+from mer_pipe.pipeline.corpus.hints import features_command, prepare_command
 POLARITY_IDS = {"negative": 0, "neutral": 1, "positive": 2}
 # models.md §2.4. Emotion name -> polarity ids it can carry. MELD surprise carries both; its
 # per-utterance polarity comes from the shipped sentiment label.
@@ -79,14 +78,6 @@ def parse_modalities(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in items)
 
 
-def features_hint(dataset: str, slot: str, cache_dir: str | Path | None) -> str:
-    """The exact command that builds the features of a slot (the store's wording) plus --cache-dir."""
-    from mer_pipe.cache.store import features_command
-
-    cd = f" --cache-dir {cache_dir}" if cache_dir is not None else ""
-    return features_command(dataset, slot) + cd
-
-
 def _polarities(utts, class_names: Sequence[str]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
     """Per-utterance polarity ([U] int, -1 unknown) and per-class polarity sets for TaskInfo."""
     pol = np.full(len(utts), -1, dtype=np.int64)
@@ -139,15 +130,16 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
     """
     import torch
 
+    from mer_pipe.cache.loading import load_table
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.models.batch import TaskInfo
 
-    from .manifest import cache_root, load_dataset, manifest_digest
+    from mer_pipe.pipeline.corpus.manifest import cache_root, load_dataset, manifest_digest
 
     info, utts = load_dataset(dataset, cache_dir)
     class_names = tuple(info.get("label_names") or [])
     if not class_names:
-        raise CacheError(f"dataset {dataset!r}: dataset.json lists no label_names; rerun `mer-pipe prepare`")
+        raise CacheError(f"dataset {dataset!r}: dataset.json lists no label_names; rerun `{prepare_command(dataset, cache_dir=cache_dir)}`")
     store = FeatureStore(cache_root(cache_dir))
     lock = store.read_lock(dataset) or {}
     slots = parse_slots(modalities, slot_overrides)
@@ -160,7 +152,7 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
             usable = ",".join(k for k, v in slots.items() if v in lock)
             raise CacheError(
                 f"dataset {dataset!r} has no {MODALITY_NAMES[m]} features in lock slot {slot!r} (lock has: {have}); "
-                f"run `{features_hint(dataset, slot, cache_dir)}` first"
+                f"run `{features_command(dataset, slot, cache_dir)}` first"
                 + (f", or train with --modalities {usable}" if usable else "")
             )
         entry = lock[slot]
@@ -168,17 +160,20 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
             raise CacheError(
                 f"modality {m!r}: the checkpoint was trained on feature key {expected_keys[m]} but lock slot "
                 f"{slot!r} of dataset {dataset!r} now serves key {entry.get('key')} ({entry.get('extractor')}); "
-                f"re-run `{features_hint(dataset, slot, cache_dir)}` with the run's feature config so the lock "
+                f"re-run `{features_command(dataset, slot, cache_dir)}` with the run's feature config so the lock "
                 f"serves {expected_keys[m]} again, or retrain with `mer-pipe train`"
             )
-        table = store.load(dataset, slot)
+        try:
+            table = load_table(store, dataset, slot, info.get("manifest_digest"))
+        except FeaturesMissing as exc:
+            raise CacheError(f"{exc.detail}; run `{features_command(dataset, slot, cache_dir)}`") from None
         where = f"dataset {dataset!r} slot {slot!r} ({entry.get('extractor')} key {str(entry.get('key'))[:12]})"
         arr, valid = _table_array(table, where)
         tpos = table.index()
         missing = [u for u in ids if u not in tpos]
         if missing:
             raise CacheError(f"{where}: no rows for {len(missing)} utterances (e.g. {missing[0]!r}); "
-                             f"run `{features_hint(dataset, slot, cache_dir)}` to complete the feature set")
+                             f"run `{features_command(dataset, slot, cache_dir)}` to complete the feature set")
         order = np.array([tpos[u] for u in ids], dtype=np.int64)
         arr, valid = arr[order], valid[order]
         pad = np.zeros((1, *arr.shape[1:]), dtype=np.float32)

@@ -120,7 +120,7 @@ def write_run(run_dir: Path, config: dict[str, Any], records: Sequence[RunRecord
     import torch
     import yaml
 
-    from .train import to_plain
+    from .loop import to_plain
 
     run_dir.mkdir(parents=True, exist_ok=True)
     notes = config.get("notes", [])

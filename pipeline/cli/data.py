@@ -22,7 +22,7 @@ def synth(
     faults: Annotated[bool, typer.Option("--faults", help="Plant real-corpus faults (missing/truncated/audio-less/orphan clips, a malformed row) listed in faults.json.")] = False,
 ) -> None:
     """Write a miniature corpus with planted, label-dependent text/audio/video cues (for tests and the demo)."""
-    from .synth import SYNTH_RECIPES, synthesize
+    from mer_pipe.pipeline.corpus.synth import SYNTH_RECIPES, synthesize
 
     # required values are checked here, not by click, so a miss is one MerPipeError line like every other error
     if recipe is None:
@@ -45,9 +45,9 @@ def prepare(
     probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
-    from .manifest import dataset_dir
-    from .prepare import prepare as run_prepare
-    from .recipes import RECIPES, get_recipe
+    from mer_pipe.pipeline.corpus.manifest import dataset_dir
+    from mer_pipe.pipeline.corpus.prepare import prepare as run_prepare
+    from mer_pipe.pipeline.corpus.recipes import RECIPES, get_recipe
 
     if recipe is None:
         raise ConfigError(f"mer-pipe prepare needs a RECIPE; choose one of: {', '.join(RECIPES.names())}")

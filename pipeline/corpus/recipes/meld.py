@@ -18,7 +18,7 @@ from pathlib import Path
 from mer_pipe.common.errors import ManifestError
 
 from ..manifest import SENTIMENTS, Utterance
-from . import Recipe
+from .base import Recipe
 
 LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
@@ -161,7 +161,7 @@ def collect(root: Path, report, probe: bool = False, manifest_file=None) -> list
 
 
 def _collect_split(root: Path, split: str, csv_path: Path, clip_dir: Path | None, report, probe: bool) -> list[Utterance]:
-    from ..prepare import probe_media
+    from ..probe import probe_media
 
     bad: list[tuple[int, str]] = []
     rows = read_meld_csv(csv_path, bad)

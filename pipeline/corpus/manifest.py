@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mer_pipe.common.errors import CacheError, ManifestError
+from mer_pipe.common.files import atomic_path
+
+from .hints import prepare_command
 
 SPLITS = ("train", "dev", "test")
 SENTIMENTS = ("negative", "neutral", "positive")
@@ -164,13 +167,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 
 def write_manifest(path: str | Path, utts: Iterable[Utterance]) -> None:
     """Write one JSON row per utterance (temp file + rename, so a reader never sees half a manifest)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for u in utts:
             fh.write(json.dumps(u.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def manifest_digest(utts: Iterable[Utterance]) -> str:
@@ -187,11 +186,8 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     """`--cache-dir`, else the feature store's default root ($MER_PIPE_CACHE, else ~/.cache/mer-pipe)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    try:
-        from mer_pipe.cache.store import default_root
-    except ImportError:  # the store is optional for preparing data; same rule as docs/contracts.md
-        env = os.environ.get("MER_PIPE_CACHE")
-        return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "mer-pipe"
+    from mer_pipe.cache.store import default_root
+
     return Path(default_root()).expanduser().resolve()
 
 
@@ -204,21 +200,19 @@ def load_dataset(name: str, cache_dir: str | Path | None = None) -> tuple[dict[s
     d = dataset_dir(name, cache_dir)
     info_path, man_path = d / "dataset.json", d / "manifest.jsonl"
     if not info_path.is_file() or not man_path.is_file():
-        recipe = name if name in ("meld", "iemocap") else "RECIPE"
-        cd = f" --cache-dir {cache_dir}" if cache_dir is not None else ""
         raise CacheError(
             f"dataset {name!r} is not prepared in {d} (no dataset.json/manifest.jsonl); run "
-            f"`mer-pipe prepare {recipe} --root CORPUS_DIR --name {name}{cd}` first"
+            f"`{prepare_command(name, cache_dir=cache_dir)}` first"
         )
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CacheError(f"{info_path} is not valid JSON ({exc.msg}); rerun `mer-pipe prepare`") from None
+        raise CacheError(f"{info_path} is not valid JSON ({exc.msg}); rerun `{prepare_command(name, cache_dir=cache_dir)}`") from None
     utts = read_manifest(man_path)
     digest = manifest_digest(utts)
     if info.get("manifest_digest") != digest:
         raise CacheError(
             f"{man_path} was changed after prepare (digest {digest[:12]} != {str(info.get('manifest_digest'))[:12]} "
-            f"in {info_path.name}); rerun `mer-pipe prepare` for dataset {name!r}"
+            f"in {info_path.name}); rerun `{prepare_command(name, cache_dir=cache_dir)}`"
         )
     return info, utts
