@@ -29,6 +29,9 @@ def _compose() -> None:
     app.command("train")(commands_train.train)
     app.command("evaluate")(commands_train.evaluate)
     app.command("demo")(commands_train.demo)
+    from . import runs as commands_runs
+
+    app.add_typer(commands_runs.runs_app, name="runs")
 
 
 def main(argv: list[str] | None = None) -> None:
