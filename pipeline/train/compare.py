@@ -132,7 +132,9 @@ def _bootstrap(pa: Predictions, pb: Predictions, seeds: list[int], ids: list[str
     return np.concatenate(out)
 
 
-def _verdict(diff: float, ci: tuple[float, float], agree: int, n_seeds: int, seed_std: float) -> str:
+def noise_verdict(diff: float, ci: tuple[float, float], agree: int, n_seeds: int, seed_std: float) -> str:
+    """'larger than seed noise' when the utterance-bootstrap interval excludes 0, every shared seed agrees on the
+    sign and |diff| exceeds the seed-to-seed std; otherwise 'within noise (why)'."""
     if ci[0] <= 0.0 <= ci[1]:
         return "within noise (the 95% interval over test utterances includes 0)"
     if agree < n_seeds:
@@ -176,7 +178,7 @@ def compare_runs(a_dir: Path, b_dir: Path, resamples: int = DEFAULT_RESAMPLES,
                       "run and are left out" for name, p in (("A", pa), ("B", pb)) if set(p.by_seed) - set(seeds))
     return Comparison(str(a_dir), str(b_dir), tuple(seeds), len(ids), per_class, wa, wb, diff, ci,
                       float(np.mean(boot > 0)), resamples, bootstrap_seed, seed_std, agree,
-                      _verdict(diff, ci, agree, len(seeds), seed_std), warnings)
+                      noise_verdict(diff, ci, agree, len(seeds), seed_std), warnings)
 
 
 def statement(c: Comparison) -> str:

@@ -92,18 +92,25 @@ def plot_runs(rows: Sequence[RunRow], path: Path) -> Path:
     _write_csv(csv_path, rows, labels)
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.5 * len(rows)))
-    for off, part, color in ((-0.2, "dev", "#4c72b0"), (0.2, "test", "#dd8452")):
-        mean = [_pct(getattr(r, f"{part}_wf1")) for r in rows]
-        std = [0.0 if getattr(r, f"{part}_wf1_std") is None else _pct(getattr(r, f"{part}_wf1_std")) for r in rows]
-        ax.barh(y + off, mean, height=0.4, xerr=std, capsize=3, color=color, label=part)
-    ax.set_yticks(y, [x for x, _ in labels], fontsize=8)
+    for off, part, marker, color in ((-0.17, "dev", "o", "#4c72b0"), (0.17, "test", "s", "#dd8452")):
+        mean = np.array([_pct(getattr(r, f"{part}_wf1")) for r in rows])
+        std = np.array([0.0 if getattr(r, f"{part}_wf1_std") is None else _pct(getattr(r, f"{part}_wf1_std"))
+                        for r in rows])
+        ax.errorbar(mean, y + off, xerr=std, fmt=marker, color=color, capsize=3, label=part)
+        for yy, m, s in zip(y + off, mean, std):
+            if np.isfinite(m):
+                ax.annotate(f"{m:.1f}", (m + s, yy), xytext=(4, 0), textcoords="offset points", va="center",
+                            fontsize=7, color=color)
+    ticks = [x + (" (1 seed)" if r.n_seeds == 1 else "") for (x, _), r in zip(labels, rows)]
+    ax.set_yticks(y, ticks, fontsize=8)
     for tick, r in zip(ax.get_yticklabels(), rows):
         tick.set_color("red" if r.selection == "test" else "black")
-    ax.invert_yaxis()  # best dev at the top
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # best dev at the top
+    ax.margins(x=0.12)
     ax.set_xlabel("weighted F1 (%), mean ± std over seeds")
     datasets = ", ".join(sorted({r.dataset for r in rows if r.dataset})) or "?"
     ax.set_title(f"W-F1 per run on {datasets}, sorted by dev W-F1", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
