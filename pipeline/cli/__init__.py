@@ -25,6 +25,9 @@ def _compose() -> None:
     app.command("synth")(commands_data.synth)
     app.command("prepare")(commands_data.prepare)
     app.command("features")(commands_features.features)
+    from . import interop as commands_interop
+
+    commands_features.cache_app.command("export")(commands_interop.cache_export)
     app.add_typer(commands_features.cache_app, name="cache")
     app.command("train")(commands_train.train)
     app.command("evaluate")(commands_train.evaluate)

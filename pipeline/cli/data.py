@@ -37,14 +37,20 @@ def synth(
 
 
 def prepare(
-    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, or manifest (your own JSONL).")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest).")] = None,
+    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), or pickle (a published ERC feature pickle: DialogueRNN/MMGCN/COSMIC; docs/interop.md).")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest); for pickle, the .pkl file.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the cache (default: the recipe name).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="JSONL manifest for the 'manifest' recipe (schema in docs/contracts.md).")] = None,
     probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
+    layout: Annotated[Optional[str], typer.Option(help="pickle only: mmgcn-iemocap, mmgcn-meld, dialoguernn-meld, cosmic-iemocap or cosmic-meld (default: detected).")] = None,
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
+    if recipe == "pickle":  # a feature pickle: manifest plus locked feature sets (pipeline/interop)
+        from .interop import prepare_pickle
+
+        prepare_pickle(root, name=name, cache_dir=cache_dir, layout=layout)
+        return
     from mer_pipe.pipeline.corpus.manifest import dataset_dir
     from mer_pipe.pipeline.corpus.prepare import prepare as run_prepare
     from mer_pipe.pipeline.corpus.recipes import RECIPES, get_recipe

@@ -1,0 +1,57 @@
+"""`mer-pipe prepare pickle` and `mer-pipe cache export` (typer command functions; pipeline/cli/__init__.py and
+pipeline/cli/data.py register them). Heavy imports happen inside the functions to keep `mer-pipe --help` fast."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from mer_pipe.common.errors import ConfigError
+
+_CACHE_HELP = "Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe)."
+
+
+def prepare_pickle(root: Path | None, name: str | None = None, cache_dir: Path | None = None,
+                   layout: str | None = None) -> None:
+    """`mer-pipe prepare pickle --root FILE [--layout L] [--name N]`: import a published ERC feature pickle."""
+    from mer_pipe.pipeline.corpus.manifest import dataset_dir
+    from mer_pipe.pipeline.interop.importer import import_pickle
+    from mer_pipe.pipeline.interop.layouts import LAYOUTS
+
+    if root is None:
+        raise ConfigError("mer-pipe prepare pickle needs --root FILE: a feature pickle in one of the layouts "
+                          f"{', '.join(LAYOUTS)} (e.g. IEMOCAP_features.pkl)")
+    res = import_pickle(root, name=name, cache_dir=cache_dir, layout=layout)
+    src = res.info["source"]
+    lines = [ln for ln in res.report.summary(res.info["label_names"]).splitlines()
+             if not ln.startswith("  media were not decoded")]  # a pickle has no media to probe
+    typer.echo("\n".join(lines))
+    typer.echo(f"  layout {src['layout']} (sha256 {src['sha256'][:12]})")
+    for slot, e in res.slots.items():
+        typer.echo(f"  slot {slot:5s} <- {e['element']:16s} dim {e['dim']:5d}  key {e['key']}")
+    out = dataset_dir(res.report.name, cache_dir)
+    typer.echo(f"wrote {out}/manifest.jsonl (+ dataset.json, prepare_report.json) and locked "
+               f"{', '.join(res.slots) or 'no'} feature sets; next: mer-pipe train --dataset {res.report.name}"
+               f" --modalities {','.join(sorted({s[0] for s in res.slots}, key='tav'.index)) or 't'}")
+
+
+def cache_export(
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Prepared dataset name.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="mmgcn (IEMOCAP_features.pkl / MELD_features_raw1.pkl tuple, read by MMGCN, DialogueRNN, DialogueGCN, M3Net loaders) or cosmic (COSMIC's *_features_roberta.pkl).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Pickle file to write.")] = None,
+    variant: Annotated[str | None, typer.Option(help="iemocap or meld tuple variant (default: from the dataset's labels).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=_CACHE_HELP)] = None,
+) -> None:
+    """Write a dataset's locked features (and manifest fields) as an ERC feature pickle that the public repos load."""
+    from mer_pipe.pipeline.interop.exporter import FORMATS, export_dataset
+
+    if dataset is None or fmt is None or out is None:
+        raise ConfigError("mer-pipe cache export needs --dataset NAME, --format "
+                          f"{'|'.join(FORMATS)} and --out FILE")
+    res = export_dataset(dataset, fmt, out, cache_dir=cache_dir, variant=variant)
+    d = res.dialogues
+    typer.echo(f"wrote {res.path} ({res.fmt}, {res.variant} variant): {d['train']} train, {d['dev']} dev, "
+               f"{d['test']} test dialogues; slots " + ", ".join(f"{s} ({dim})" for s, dim in res.slots.items()))
+    typer.echo(f"  loads unchanged with {res.loader}")
+    for w in dict.fromkeys(res.warnings):
+        typer.echo(f"  warning: {w}", err=True)
