@@ -10,7 +10,7 @@
 The variant follows the dataset's labels (IEMOCAP-6 or MELD-7) unless --variant says otherwise.
 
 MMGCN files have no dev list: dev dialogues go at the end of trainVid, as in the published files. MELD
-dialogues named as the meld recipe names them get the published numbering (train d, dev 1039 + d, test
+dialogues named as the meld recipe names them (within the official ranges) get the published numbering (train d, dev 1039 + d, test
 1153 + d), so `prepare pickle` finds the dev split again; IEMOCAP dev comes back from the packaged list.
 A locked slot that is missing is written as zero-width rows ([] per utterance) and reported; COSMIC layers
 t_r2..t_r4 that are not locked repeat t. Arrays are float32 [n, D] per dialogue, pickled so that NumPy 1.x
@@ -89,9 +89,11 @@ def _features(store, dataset: str, slot: str, ids: list[str], digest: str) -> np
 
 def _dialogue_keys(utts, variant: str) -> dict[str, Hashable]:
     dids = list(dict.fromkeys(u.dialogue_id for u in utts))
-    matches = [_MELD_ID.match(d) for d in dids]
-    if variant == "meld" and all(matches):
-        return {d: meld_global_id(m.group(1), int(m.group(2))) for d, m in zip(dids, matches)}
+    if variant == "meld":
+        matches = [_MELD_ID.match(d) for d in dids]
+        ints = [meld_global_id(m.group(1), int(m.group(2))) if m else None for m in matches]
+        if all(i is not None for i in ints):
+            return dict(zip(dids, ints))
     return {d: d for d in dids}
 
 

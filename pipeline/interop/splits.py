@@ -3,8 +3,9 @@
 Dev split, first rule that applies (the prepare report records which):
   file             the file has its own dev list (COSMIC's validIds);
   iemocap-packaged IEMOCAP: the training dialogues on the packaged IEMOCAP-6 dev list (iemocap_splits.json);
-  meld-official    MELD with the published numbering (train d, dev 1039 + d, test 1153 + d; meld_splits.json):
-                   the training dialogues in the dev range are the official dev dialogues;
+  meld-official    MELD with the published numbering (one range over all splits: train d, dev 1039 + d, test
+                   1153 + d; ranges from the official CSVs in meld_splits.json): the training dialogues in the
+                   dev range are the official dev dialogues;
   held-out         otherwise DEV_FRACTION of the training dialogues, drawn with random.Random(DEV_SEED) from
                    the training ids sorted as strings.
 """
@@ -38,24 +39,28 @@ def meld_splits() -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def meld_global_id(split: str, dialogue: int) -> int:
-    return meld_splits()["offsets"][split] + dialogue
+def _spans() -> dict[str, tuple[int, int]]:
+    """split -> [first, end) of its range in the published numbering (train 0..1038, dev 1039..1152, ...)."""
+    m = meld_splits()
+    return {s: (m["offsets"][s], m["offsets"][s] + max(m[s]) + 1) for s in SPLITS}
+
+
+def meld_global_id(split: str, dialogue: int) -> int | None:
+    """The published id of MELD dialogue `dialogue` of `split`, or None when it falls outside that split's range."""
+    lo, hi = _spans()[split]
+    return lo + dialogue if 0 <= dialogue < hi - lo else None
 
 
 def meld_names(conv: Conversations) -> dict[Hashable, str] | None:
-    """key -> 'train/dia5' | 'dev/dia3' | 'test/dia7' when every key follows the published MELD numbering
-    and the split lists agree with it; else None."""
-    m = meld_splits()
-    offsets, known = m["offsets"], {s: set(m[s]) for s in SPLITS}
+    """key -> 'train/dia5' | 'dev/dia3' | 'test/dia7' when every key lies in the published MELD numbering and
+    the split lists agree with it (train list: train or dev range, test list: test range); else None."""
+    spans = _spans()
     placed: dict[Hashable, tuple[str, int]] = {}
     for d in conv.dialogues:
-        if not isinstance(d.key, int) or d.key < 0:
+        split = next((s for s, (lo, hi) in spans.items() if isinstance(d.key, int) and lo <= d.key < hi), None)
+        if split is None:
             return None
-        split = max((s for s in SPLITS if d.key >= offsets[s]), key=lambda s: offsets[s])
-        local = d.key - offsets[split]
-        if local not in known[split]:
-            return None
-        placed[d.key] = (split, local)
+        placed[d.key] = (split, d.key - spans[split][0])
     allowed = {"train": ("train", "dev"), "test": ("test",), "dev": ("dev",)}
     for split, keys in conv.splits.items():
         if any(k in placed and placed[k][0] not in allowed[split] for k in keys or ()):
@@ -75,8 +80,9 @@ def _dev_rule(conv: Conversations, train: list[Hashable], names: dict[Hashable, 
     if conv.layout.variant == "meld" and names:
         moved = [k for k in train if names[k].startswith("dev/")]
         if moved:
-            return moved, {"rule": "meld-official", "detail": f"{len(moved)} training dialogues carry official MELD "
-                           f"dev ids (>= {meld_splits()['offsets']['dev']}, pipeline/corpus/recipes/meld_splits.json)"}
+            lo, hi = _spans()["dev"]
+            return moved, {"rule": "meld-official", "detail": f"{len(moved)} training dialogues carry ids of the "
+                           f"official MELD dev range {lo}..{hi - 1} (pipeline/corpus/recipes/meld_splits.json)"}
     pool = sorted(train, key=str)
     n = max(1, round(DEV_FRACTION * len(pool))) if len(pool) >= 2 else 0
     moved = random.Random(DEV_SEED).sample(pool, n)
