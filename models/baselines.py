@@ -6,6 +6,7 @@ loss: the trainer's classification loss is the whole objective.
 """
 from __future__ import annotations
 
+from typing import Literal
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .layers import ContextEncoder, MLPHead, ModalityProjector, flatten_valid, unflatten_valid, zero_absent
+from .base import ERCModel
 from .registry import MODELS, ModelConfig
 
 
@@ -29,17 +31,21 @@ class MLPConfig(ModelConfig):
     hidden: tuple[int, ...] = (512,)
     dropout: float = 0.3
     input_dropout: float = 0.1
-    norm: str = "layer"
-    act: str = "relu"
+    norm: Literal["layer", "batch", "none"] = "layer"
+    act: Literal["relu", "gelu", "leaky_relu", "tanh"] = "relu"
 
 
 @MODELS.register("mlp")
-class UtteranceMLP(nn.Module):
+class UtteranceMLP(ERCModel):
     """Utterance-only MLP over the concatenated modalities: [B, N, sum D_m] -> logits [B, N, C]."""
 
     name = "mlp"
     config_cls = MLPConfig
-    requires: tuple[str, ...] = ()
+    # chosen on dev (bench/bench_meld_text.py); the paper-style profile is the same schedule without early stopping
+    train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 64, "epochs": 30, "patience": 6,
+                      "unit": "utterance"}
+    paper_train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 64, "epochs": 30,
+                            "unit": "utterance"}
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: MLPConfig = MLPConfig()) -> None:
         super().__init__()
@@ -70,16 +76,17 @@ class BiGRUConfig(ModelConfig):
     head_hidden: tuple[int, ...] = (256,)
     dropout: float = 0.3
     input_dropout: float = 0.1
-    norm: str = "layer"
+    norm: Literal["layer", "batch", "none"] = "layer"
 
 
 @MODELS.register("bigru")
-class ContextBiGRU(nn.Module):
+class ContextBiGRU(ERCModel):
     """Per-utterance projection, a bidirectional GRU over each dialogue, an MLP head per utterance."""
 
     name = "bigru"
     config_cls = BiGRUConfig
-    requires: tuple[str, ...] = ()
+    train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30, "patience": 6}
+    paper_train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30}
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: BiGRUConfig = BiGRUConfig()) -> None:
         super().__init__()

@@ -14,8 +14,8 @@ about 1 point below the utterance MLP (58.0) and context models: no dialogue con
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from mer_pipe.common.errors import ConfigError
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import deepmsi_contrast
 from .layers import MLPHead, ProjectionHead, flatten_valid, unflatten_valid, zero_absent
-from .registry import MODELS, ModelConfig, check_choices
+from .base import ERCModel
+from .registry import MODELS, ModelConfig
 from .tcn import TCN, TCNConfig
 from .vsc import VSCConfig, vsc
 
@@ -37,16 +38,15 @@ class DeepMSIConfig(ModelConfig):
 
     guide: proc_hidden, proc_dropout: Proc = Linear-BN-LeakyReLU-Dropout-Linear([t;a] -> guide_dim=384) [C].
     video_input: "auto" (frames when the task has them, else pooled) | "frames" | "pooled".
-    vsc_*: frame-level VSC (see models/vsc.py): vsc_k frames kept of F (proposed 10 of 15), vsc_select
-      topk (code) | threshold (paper), keep_order and a correct merge (clean; set vsc_merge=false and
-      vsc_keep_order=false for the released code's behaviour). vsc_scale_by_relevance (proposed, default):
+    vsc (nested, `--set model.vsc.k=8`): frame-level VSC (models/vsc.py): k frames kept of F (proposed 10 of
+      15), select topk (code) | threshold (paper), keep_order and a correct merge (clean; merge=false and
+      keep_order=false for the released code's behaviour). scale_by_relevance (proposed, default here):
       kept frames are scaled by L * relevance so the guide network learns; false = code, where top-k
       selection carries no gradient and the guide network is never trained (it is then frozen here).
-    tcn_channels / tcn_kernel / tcn_dropout: TCN over the kept frames [C]; output = last kept frame.
+    tcn (nested): channels / kernel / dropout of the TCN over the kept frames [C]; output = last kept frame.
     proj_dim, proj_dropout: CLIP-style projection per modality [C]. cls_hidden, cls_dropout, cls_norm:
       classifier MLP with LeakyReLU(0.01) [C]; cls_norm "batch" is the code, "layer" (default, clean)
-      also works on a batch of one utterance. input_dropout on the cached vectors (proposed; 0 = code; 0.1
-      is worth ~+0.4 W-F1 on MELD text-only).
+      also works on a batch of one utterance. input_dropout on the cached vectors (proposed; 0 = code).
     contrast: "video_anchored" (code: video vs text and video vs audio; without video the first of
       text/audio anchors the other) | "all_pairs" (every ordered pair of modalities) | "off".
     contrast_compat: true = code-exact loss ((B-1) normaliser, pos+neg denominator); false = clean SupCon.
@@ -57,51 +57,31 @@ class DeepMSIConfig(ModelConfig):
     guide_dim: int = 384
     proc_hidden: tuple[int, ...] = (512,)
     proc_dropout: float = 0.3
-    video_input: str = "auto"
-    vsc_select: str = "topk"
-    vsc_k: int = 10
-    vsc_threshold: float = 0.0
-    vsc_tau: float = 1.0
-    vsc_guide_weight: float = 1.0
-    vsc_keep_order: bool = True
-    vsc_merge: bool = True
-    vsc_delta: float = 0.6
-    vsc_alpha: float = 0.9
-    vsc_scale_by_relevance: bool = True
-    tcn_channels: tuple[int, ...] = (1024, 1024, 1024)
-    tcn_kernel: int = 3
-    tcn_dropout: float = 0.3
+    video_input: Literal["auto", "frames", "pooled"] = "auto"
+    vsc: VSCConfig = field(default_factory=lambda: VSCConfig(scale_by_relevance=True))
+    tcn: TCNConfig = field(default_factory=lambda: TCNConfig(weight_norm=True))
     proj_dim: int = 256
     proj_dropout: float = 0.2
     cls_hidden: tuple[int, ...] = (512, 256, 128)
     cls_dropout: float = 0.3
-    cls_norm: str = "layer"
+    cls_norm: Literal["layer", "batch", "none"] = "layer"
     input_dropout: float = 0.1
-    contrast: str = "video_anchored"
+    contrast: Literal["video_anchored", "all_pairs", "off"] = "video_anchored"
     contrast_compat: bool = False
     con_tau: float = 0.5
     alpha_con: float = 0.5
     beta_ce: float = 1.0
 
-    def validate(self) -> None:
-        check_choices("deepmsi-mer", ("video_input", self.video_input, ("auto", "frames", "pooled")),
-                      ("contrast", self.contrast, ("video_anchored", "all_pairs", "off")),
-                      ("cls_norm", self.cls_norm, ("batch", "layer", "none")))
-        self.vsc_config(), self.tcn_config()  # validate the vsc_* / tcn_* options
-
-    def vsc_config(self) -> VSCConfig:
-        """The flat `vsc_*` options (settable as `--set model.vsc_k=8`) as the VSC block's own config."""
-        return VSCConfig(**{f.name: getattr(self, f"vsc_{f.name}") for f in dataclasses.fields(VSCConfig)})
-
-    def tcn_config(self) -> TCNConfig:
-        return TCNConfig(self.tcn_channels, self.tcn_kernel, self.tcn_dropout)
-
 
 @MODELS.register("deepmsi-mer")
-class DeepMSI(nn.Module):
+class DeepMSI(ERCModel):
     name = "deepmsi-mer"
     config_cls = DeepMSIConfig
-    requires: tuple[str, ...] = ()
+    # chosen on dev with MiniLM text features of MELD (bench/bench_meld_text.py; evidence in its JSON)
+    train_defaults = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 25, "patience": 6,
+                      "unit": "utterance"}
+    paper_train_defaults = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30,
+                      "patience": 4, "unit": "utterance"}  # models.md §8.6
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: DeepMSIConfig = DeepMSIConfig()) -> None:
         super().__init__()
@@ -120,10 +100,10 @@ class DeepMSI(nn.Module):
             if self.guide_mods:
                 g_in = sum(task.in_dims[m] for m in self.guide_mods)
                 self.proc = MLPHead(g_in, cfg.proc_hidden, cfg.guide_dim, cfg.proc_dropout, "batch", "leaky_relu")
-                if not cfg.vsc_scale_by_relevance:
+                if not cfg.vsc.scale_by_relevance:
                     self.proc.requires_grad_(False)  # code-exact: no gradient ever reaches it
             self.frame_proj = nn.Linear(frame_dim, cfg.guide_dim)  # VSC runs in the guide's space (§8.2)
-            self.tcn = TCN(cfg.guide_dim, cfg.tcn_config())
+            self.tcn = TCN(cfg.guide_dim, cfg.tcn)
         proj_in = {m: task.in_dims[m] for m in self.modalities}
         if self.frames:
             proj_in["v"] = self.tcn.out_dim
@@ -146,7 +126,7 @@ class DeepMSI(nn.Module):
         fr = zero_absent(fr, present)
         z = self.frame_proj(self.input_drop(fr))                               # [M, F, guide_dim]
         guide = self.proc(guide_in) if guide_in is not None else None          # [M, guide_dim]
-        out = vsc(z, guide, self.config.vsc_config())
+        out = vsc(z, guide, self.config.vsc)
         return self.tcn.last(out.tokens, out.valid)
 
     def forward(self, batch: DialogueBatch) -> ModelOutput:

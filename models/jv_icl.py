@@ -10,6 +10,7 @@ a context layer over the dialogue; head A classifies the context vector, head B 
 """
 from __future__ import annotations
 
+from typing import Literal
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,8 @@ from mer_pipe.common.errors import ConfigError
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import sup_contrastive, supcon
 from .layers import ContextEncoder, MLPHead, SpeakerEmbedding, flatten_valid, unflatten_valid
-from .registry import MODELS, ModelConfig, check_choices
+from .base import ERCModel
+from .registry import MODELS, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class JVICLConfig(ModelConfig):
     MELD text-only MiniLM, stand-in trainer, lr 5e-4, dev-selected, 2 seeds: 57.6 / 58.1 test W-F1.
     """
 
-    d: int = 256
+    d: int = 128  # dev-chosen on MELD text (bench/bench_meld_text.py)
     joint_vectors: int = 4
     fusion_layers: int = 2
     heads: int = 8
@@ -48,29 +50,24 @@ class JVICLConfig(ModelConfig):
     fusion_dropout: float = 0.1
     input_dropout: float = 0.2
     frame_tokens: bool = False
-    context: str = "bigru"
+    context: Literal["bigru", "transformer", "none"] = "bigru"
     context_layers: int = 1
     speaker_embedding: bool = False
-    dual_head: str = "sum"
+    dual_head: Literal["sum", "joint_only"] = "sum"
     dual_ce_weight: float = 0.5
     head_hidden: tuple[int, ...] = (256,)
     head_dropout: float = 0.3
     proj_dim: int = 128
     icl_weight: float = 0.1
     icl_tau: float = 0.1
-    icl_denominator: str = "all_keys"
+    icl_denominator: Literal["all_keys", "pos_plus_neg"] = "all_keys"
     icl_balance: bool = False
     proto_weight: float = 0.0
     proto_margin: float = 0.0
 
     def validate(self) -> None:
-        check_choices("jv-icl", ("context", self.context, ("bigru", "transformer", "none")),
-                      ("dual_head", self.dual_head, ("sum", "joint_only")),
-                      ("icl_denominator", self.icl_denominator, ("all_keys", "pos_plus_neg")))
-        if self.d % self.heads:
-            raise ConfigError(f"jv-icl d={self.d} must be divisible by heads={self.heads}")
-        if self.joint_vectors < 1:
-            raise ConfigError(f"jv-icl joint_vectors must be >= 1 (got {self.joint_vectors})")
+        self.require(self.d % self.heads == 0, "d", f"must be divisible by heads={self.heads}")
+        self.require(self.joint_vectors >= 1, "joint_vectors", "must be >= 1")
 
 
 class JointVectorFusion(nn.Module):
@@ -111,10 +108,13 @@ class JointVectorFusion(nn.Module):
 
 
 @MODELS.register("jv-icl")
-class JVICL(nn.Module):
+class JVICL(ERCModel):
     name = "jv-icl"
     config_cls = JVICLConfig
-    requires: tuple[str, ...] = ()
+    # chosen on dev with MiniLM text features of MELD (bench/bench_meld_text.py; evidence in its JSON)
+    train_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-2, "batch_size": 16, "epochs": 30, "patience": 6,
+                      "standardize": False}
+    paper_train_defaults = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "batch_size": 16, "epochs": 30}  # models.md §8.6
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: JVICLConfig = JVICLConfig()) -> None:
         super().__init__()

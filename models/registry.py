@@ -1,9 +1,9 @@
 """Model registry: `build_model(name, task, modalities, config)`; names are saved in checkpoints."""
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
+from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError
 from mer_pipe.common.registry import Registry
 
@@ -12,43 +12,11 @@ from .batch import MODALITIES, TaskInfo
 MODELS: Registry = Registry("model")
 
 
-def tuple_fields(cfg: Any) -> None:
-    """Turn list-valued fields of a frozen config dataclass into tuples, in place."""
-    # YAML/JSON bring tuples back as lists; frozen configs hold tuples so they stay hashable and equal.
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, list):
-            object.__setattr__(cfg, f.name, tuple(value))
+class ModelConfig(Config):
+    """Base of every model config (`@dataclass(frozen=True) class XConfig(ModelConfig)`): fields are typed
+    and checked from their annotations (common/config.py); `validate()` adds range rules."""
 
-
-class ModelConfig:
-    """Base of every model config dataclass (`@dataclass(frozen=True) class XConfig(ModelConfig)`):
-    lists become tuples however the config is built (make_config, or `XConfig(**yaml_dict)` directly),
-    then `validate()` (override it; default checks nothing) raises ConfigError on bad values."""
-
-    def __post_init__(self) -> None:
-        tuple_fields(self)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the option, its value and the choices; called after tuple_fields."""
-
-
-def check_choices(owner: str, *checks: tuple[str, Any, Sequence[Any]]) -> None:
-    """Each check is (option, value, choices); the first value outside its choices raises ConfigError."""
-    for opt, val, choices in checks:
-        if val not in choices:
-            raise ConfigError(f"{owner}: option {opt}={val!r}; choose one of {list(choices)}")
-
-
-def make_config(cls: type, values: dict[str, Any] | None, owner: str):
-    """Build a frozen config dataclass, rejecting unknown keys with the list of valid ones."""
-    values = dict(values or {})  # list -> tuple happens in ModelConfig.__post_init__
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"{owner}: unknown config option(s) {unknown}; valid options: {sorted(fields)}")
-    return cls(**values)
+    section: ClassVar[str] = "model"
 
 
 def build_model(name: str, task: TaskInfo, modalities: tuple[str, ...], config: dict[str, Any] | None = None):
@@ -65,4 +33,8 @@ def build_model(name: str, task: TaskInfo, modalities: tuple[str, ...], config: 
     absent = [m for m in modalities if m not in task.in_dims]
     if absent:
         raise ConfigError(f"model {name!r}: no features for modality {absent}; available: {sorted(task.in_dims)}")
-    return cls(task, modalities, make_config(cls.config_cls, config, f"model {name!r}"))
+    if config is None:
+        config = cls.config_cls()
+    elif not isinstance(config, cls.config_cls):
+        config = cls.config_cls.from_dict(config)
+    return cls(task, modalities, config)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mer_pipe.common.errors import ConfigError
 
 from .registry import ModelConfig
 
@@ -28,10 +27,9 @@ class TCNConfig(ModelConfig):
     weight_norm: bool = True
 
     def validate(self) -> None:
-        if not self.channels or min(self.channels) < 1:
-            raise ConfigError(f"tcn channels must be a non-empty list of positive widths (got {self.channels})")
-        if self.kernel < 1:
-            raise ConfigError(f"tcn kernel must be >= 1 (got {self.kernel})")
+        self.require(bool(self.channels) and min(self.channels) >= 1, "channels",
+                     "must be a non-empty list of positive widths")
+        self.require(self.kernel >= 1, "kernel", "must be >= 1")
 
 
 class CausalConv1d(nn.Module):

@@ -3,6 +3,7 @@ utterance graph (K nodes per utterance) encoded by GCNII, supervised graph contr
 modalities, and a two-stage (polarity -> emotion) head. docs/models.md §2; (proposed) parts are ours."""
 from __future__ import annotations
 
+from typing import Literal
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,8 @@ from .gnn import GCNStack
 from .heads import HierarchicalHead, polarity_targets
 from .layers import (ContextEncoder, MLPHead, ModalityProjector, SpeakerEmbedding, flatten_valid,
                      project_present, unflatten_valid)
-from .registry import MODELS, ModelConfig, check_choices
+from .base import ERCModel
+from .registry import MODELS, ModelConfig
 
 HEAD_SKIPS = ("none", "context", "input", "both")
 GCL_MODES = ("supervised", "views", "both")
@@ -40,22 +42,22 @@ class TSGCLConfig(ModelConfig):
     gcl_mode: supervised | views (GRACE-style two views, feature mask + edge drop) | both;
     view_mask/view_edge_drop/view_weight configure the view term."""
 
-    d: int = 256
-    dropout: float = 0.4
-    input_norm: str = "layer"
-    context: str = "lstm"
+    d: int = 128  # dev-chosen on MELD text (bench/bench_meld_text.py); the paper family uses 256-1024
+    dropout: float = 0.5
+    input_norm: Literal["layer", "batch", "none"] = "layer"
+    context: Literal["lstm", "gru", "none"] = "lstm"
     context_layers: int = 1
     context_for: str = "tav"
     speaker_emb: bool = True
-    graph_window: int = 0
-    edge_weights: str = "angular"
-    gnn: str = "gcnii"
+    graph_window: int = 10  # +-10 turns, as the reference GCN; 0 = the whole dialogue
+    edge_weights: Literal["angular", "none"] = "angular"
+    gnn: Literal["gcnii", "gcn"] = "gcnii"
     gnn_layers: int = 4
     gcnii_alpha: float = 0.1
     gcnii_lambda: float = 0.5
-    head_skip: str = "both"
+    head_skip: Literal["none", "context", "input", "both"] = "both"
     head_hidden: int = 256
-    two_stage: str = "concat"
+    two_stage: Literal["concat", "none"] = "concat"
     prior: bool = True
     gamma: float = 1.0
     proj_dim: int = 128
@@ -63,24 +65,24 @@ class TSGCLConfig(ModelConfig):
     kappa: float = 0.1
     rho: float = 0.1
     tau: float = 0.1
-    gcl_denominator: str = "all_keys"
-    gcl_mode: str = "supervised"
+    gcl_denominator: Literal["all_keys", "pos_plus_neg"] = "all_keys"
+    gcl_mode: Literal["supervised", "views", "both"] = "supervised"
     view_mask: float = 0.2
     view_edge_drop: float = 0.2
     view_weight: float = 0.1
 
 
 @MODELS.register("ts-gcl")
-class TSGCL(nn.Module):
+class TSGCL(ERCModel):
     name = "ts-gcl"
     config_cls = TSGCLConfig
-    requires: tuple[str, ...] = ()
+    # chosen on dev with MiniLM text features of MELD (bench/bench_meld_text.py; evidence in its JSON)
+    train_defaults = {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30, "patience": 6}
+    paper_train_defaults = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 60}  # models.md §8.6
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: TSGCLConfig):
         super().__init__()
         c = config
-        check_choices("ts-gcl", ("head_skip", c.head_skip, HEAD_SKIPS), ("gcl_mode", c.gcl_mode, GCL_MODES),
-                      ("context", c.context, ("lstm", "gru", "none")), ("edge_weights", c.edge_weights, ("angular", "none")))
         self.task, self.modalities, self.config = task, tuple(modalities), c
         d = c.d
         self.proj = nn.ModuleDict({m: ModalityProjector(task.in_dims[m], d, c.dropout, c.input_norm) for m in modalities})

@@ -7,17 +7,17 @@ released code; `scale_by_relevance` is a proposed option that lets the guide rec
 """
 from __future__ import annotations
 
+from typing import Literal
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mer_pipe.common.errors import ConfigError
 
 from .registry import ModelConfig
 
-SELECT_MODES = ("topk", "threshold")
+SELECT_MODES = ("topk", "threshold")  # = VSCConfig.select choices
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class VSCConfig(ModelConfig):
     scale_by_relevance (proposed): multiply kept tokens by L * r so the guide gets a gradient.
     """
 
-    select: str = "topk"
+    select: Literal["topk", "threshold"] = "topk"
     k: int = 10
     threshold: float = 0.0
     tau: float = 1.0
@@ -44,14 +44,9 @@ class VSCConfig(ModelConfig):
     scale_by_relevance: bool = False
 
     def validate(self) -> None:
-        if self.select not in SELECT_MODES:
-            raise ConfigError(f"vsc select {self.select!r} is not one of {SELECT_MODES}")
-        if self.k < 1:
-            raise ConfigError(f"vsc k must be >= 1 (got {self.k}); it is the number of tokens kept")
-        if self.tau <= 0:
-            raise ConfigError(f"vsc tau must be > 0 (got {self.tau})")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"vsc alpha must be in [0, 1] (got {self.alpha}); it is the weight kept by a token when merging")
+        self.require(self.k >= 1, "k", "must be >= 1 (the number of tokens kept)")
+        self.require(self.tau > 0, "tau", "must be > 0")
+        self.require(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1] (the weight a token keeps when merging)")
 
 
 @dataclass

@@ -80,7 +80,7 @@ def test_bad_row_names_line_and_field(tmp_path, mutate, expect):
     _write_rows(tmp_path / "m.jsonl", rows)
     with pytest.raises(ManifestError) as err:
         read_manifest(tmp_path / "m.jsonl")
-    assert f"m.jsonl:2" in str(err.value) and expect in str(err.value)
+    assert "m.jsonl:2" in str(err.value) and expect in str(err.value)
 
 
 def test_bad_json_and_cross_row_checks(tmp_path):

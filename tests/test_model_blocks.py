@@ -257,10 +257,12 @@ def test_ar_iigcn_alternate_updates_only_discriminators_in_before_step():
     model = build_model("ar-iigcn", TASK, ("t", "a"))
     batch = make_batch(TASK)
     disc = {id(p) for p in model.gan.discriminator_parameters()}
-    assert disc and not disc & {id(p) for p in model.main_parameters()}
+    groups = model.param_groups()
+    assert disc == {id(p) for p in groups["discriminator"].params} and not groups["discriminator"].main
+    assert not disc & {id(p) for p in groups["main"].params}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.train()
-    model.before_step(batch)
+    model.before_step(batch, {n: torch.optim.Adam(g.params, lr=g.lr or 1e-3) for n, g in groups.items()})
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(n.startswith("gan.disc.") for n in changed)
     assert all(p.grad is None for p in model.parameters())

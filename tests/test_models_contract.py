@@ -54,10 +54,14 @@ def _build(name: str, modalities=MODALITIES, seed: int = 0):
     return build_model(name, TASK, modalities)
 
 
+def optimizers_for(model) -> dict:
+    """What the trainer builds from the model's explicit interface (models/base.py)."""
+    return {n: torch.optim.Adam(g.params, lr=g.lr or 1e-3) for n, g in model.param_groups().items()}
+
+
 def _train_step_loss(model, batch: DialogueBatch) -> tuple[ModelOutput, torch.Tensor]:
     model.train()
-    if hasattr(model, "before_step"):
-        model.before_step(batch)
+    model.before_step(batch, optimizers_for(model))
     out = model(batch)
     ce = torch.nn.functional.cross_entropy(out.logits[batch.mask], batch.label[batch.mask], ignore_index=-1)
     return out, ce + sum(out.losses.values())
@@ -92,9 +96,11 @@ def test_forward_shapes_losses_and_gradients(name):
     missing = [pn for pn, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{name}: parameters without gradient: {missing}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    main = getattr(model, "main_parameters", model.parameters)()
-    ids = {id(p) for p in model.parameters()}
-    assert all(id(p) in ids for p in main)
+    # param_groups partition the parameters: every parameter in exactly one group, "main" always there
+    groups = model.param_groups()
+    assert "main" in groups and groups["main"].main
+    grouped = [id(p) for g in groups.values() for p in g.params]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", NAMES)

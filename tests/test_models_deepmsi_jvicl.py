@@ -113,7 +113,8 @@ from mer_pipe.models.registry import build_model  # noqa: E402
 
 TASK = TaskInfo(n_classes=4, class_names=("a", "b", "c", "d"), in_dims={"t": 12, "a": 8, "v": 6},
                 frame_shapes={"v": (7, 6)}, max_speakers=4)
-SMALL_DEEPMSI = {"tcn_channels": [16, 16], "proj_dim": 16, "cls_hidden": [32], "guide_dim": 12, "vsc_k": 4}
+SMALL_DEEPMSI = {"tcn": {"channels": [16, 16]}, "proj_dim": 16, "cls_hidden": [32], "guide_dim": 12,
+                 "vsc": {"k": 4, "scale_by_relevance": True}}
 
 
 def batch_of(lengths=(4, 3, 2), seed: int = 0, present: dict | None = None) -> DialogueBatch:
@@ -197,8 +198,8 @@ def test_deepmsi_frames_required_and_missing_video_excluded():
 
 def test_deepmsi_code_exact_variant_freezes_the_untrainable_guide():
     torch.manual_seed(0)
-    compat = dict(SMALL_DEEPMSI, contrast_compat=True, vsc_merge=False, vsc_keep_order=False,
-                  vsc_scale_by_relevance=False, cls_norm="batch")
+    compat = dict(SMALL_DEEPMSI, contrast_compat=True, vsc={"k": 4, "merge": False, "keep_order": False,
+                  "scale_by_relevance": False}, cls_norm="batch")
     model = build_model("deepmsi-mer", TASK, ("t", "a", "v"), compat).train()
     out = model(batch_of())
     loss = out.logits[batch_of().mask].logsumexp(-1).sum() + sum(out.losses.values())

@@ -25,7 +25,7 @@ SMALL = {
     "ts-gcl": ["model.d=64", "model.gnn_layers=2"],
     "ar-iigcn": ["model.d=64"],
     "jv-icl": ["model.d=64", "model.heads=4"],
-    "deepmsi-mer": ["model.tcn_channels=[64,64]", "model.cls_hidden=[128]", "model.proc_hidden=[128]", "model.guide_dim=64"],
+    "deepmsi-mer": ["model.tcn.channels=[64,64]", "model.cls_hidden=[128]", "model.proc_hidden=[128]", "model.guide_dim=64"],
     "mlp": [],
     "bigru": [],
 }
@@ -63,11 +63,12 @@ def corpus(synth_cache):
 
 
 def _train(model, cache, out, modalities="t,a,v", seeds="0", epochs=8, extra=(), **kw):
-    from mer_pipe.pipeline.cli.train import train_run
+    from mer_pipe.pipeline import api
 
     torch.set_num_threads(1)
-    return train_run(model, DATASET, modalities=modalities, seeds=seeds, epochs=epochs, sets=[*FAST, *SMALL[model], *extra],
-                     out=out, device="cpu", cache_dir=cache, log=lambda s: None, **kw)
+    res = api.train(model, DATASET, modalities=modalities, seeds=seeds, epochs=epochs, sets=[*FAST, *SMALL[model], *extra],
+                    out=out, device="cpu", cache_dir=cache, log=lambda s: None, progress=False, **kw)
+    return res.run_dir, res.metrics
 
 
 def test_batches_carry_frames_masks_labels_and_polarity(corpus, synth_cache):

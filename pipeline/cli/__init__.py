@@ -37,30 +37,48 @@ def _compose() -> None:
     app.add_typer(commands_runs.runs_app, name="runs")
 
 
+def _interrupted(exc: BaseException) -> None:
+    # click turns Ctrl-C into Abort; the KeyboardInterrupt underneath may say what was kept (train does).
+    ki = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+    said = str(ki) if isinstance(ki, KeyboardInterrupt) and str(ki) else ""
+    print(f"mer-pipe: interrupted; {said or 'every completed shard and run file is kept'}; rerun the same command "
+          "to resume (finished work is reused)", file=sys.stderr)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import errno
     import warnings
 
     # torch_geometric scripts a helper at import; the deprecation is theirs, not actionable for users.
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
     _compose()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except MerPipeError as exc:
         print(f"mer-pipe: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("mer-pipe: interrupted; every completed shard and run file is kept, rerun to resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except SystemExit:
         raise
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"mer-pipe: error: no space left on the device ({exc.filename or 'while writing'}); free space or "
+              "point --cache-dir/--out elsewhere and rerun: finished work is kept", file=sys.stderr)
+        sys.exit(2)
     except Exception as exc:
         # Usage errors from typer's bundled click (or plain click) carry their own one-line message.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
-            sys.exit(130)
+            _interrupted(exc)
         raise
+    if isinstance(rc, int) and rc:  # typer.Exit(code) is returned, not raised, with standalone_mode=False
+        sys.exit(rc)
+
 
 if __name__ == "__main__":
     main()

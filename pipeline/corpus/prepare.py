@@ -7,8 +7,6 @@ is prepared. Only a layout it cannot recognise at all is an error.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field

@@ -40,6 +40,8 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
     ck = load_checkpoint(Path(run_dir))
     modalities = tuple(ck["modalities"])
     feats = ck["features"]
+    if cache_dir is None:
+        cache_dir = ck.get("cache_dir")  # the run remembers its cache: evaluate works from any directory
     corpus = load_corpus(ck["dataset"], modalities, cache_dir,
                          slot_overrides={m: f["slot"] for m, f in feats.items()},
                          expected_keys={m: f["key"] for m, f in feats.items()})
@@ -50,7 +52,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
             f"{corpus.task.in_dims}; the checkpoint in {run_dir} expects {list(task.class_names)} / {task.in_dims}; "
             "re-prepare the dataset the run was trained on, or retrain with `mer-pipe train`"
         )
-    cfg = TrainConfig(**ck["trainer"])
+    cfg = TrainConfig.from_dict(ck["trainer"])
     pos = corpus.index_of()
     out_runs = []
     for run in ck["runs"]:

@@ -5,31 +5,23 @@ sum of the model's auxiliary `ModelOutput.losses`. Early stopping on the selecti
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
-from mer_pipe.common.errors import ConfigError
+from mer_pipe.common.config import Config
 
 from .data import Corpus, View, feature_stats, iter_batches
 from .metrics import class_counts, class_weights_from_counts, classification_metrics, focal_loss
-from .protocols import Fold, RunRecord, make_folds, protocol_notes
-
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULERS = ("none", "cosine", "plateau")
-LOSSES = ("ce", "focal")
-UNITS = ("dialogue", "utterance")
-
+from .protocols import Fold
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Trainer settings. Per-model overrides live in MODEL_TRAIN_DEFAULTS (models.md §8.6);
-    `--config` / `--set trainer.KEY=VALUE` override both.
+class TrainConfig(Config):
+    """Trainer settings. Defaults here < the model class's `train_defaults` < `--config` < `--set trainer.K=V`.
 
     unit: batch whole dialogues (context models) or single utterances (N = 1); batch_size counts units.
     patience: epochs without a better selection-set weighted F1 before stopping (0 = never stop early).
@@ -38,62 +30,38 @@ class TrainConfig:
     standardize: z-score every feature dimension with training-set statistics (stored with the weights).
     """
 
-    optimizer: str = "adam"
+    section: ClassVar[str] = "trainer"
+
+    optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 1e-5
     epochs: int = 30
     batch_size: int = 16
     eval_batch_size: int = 64
-    unit: str = "dialogue"
+    unit: Literal["dialogue", "utterance"] = "dialogue"
     patience: int = 10
-    scheduler: str = "none"
+    scheduler: Literal["none", "cosine", "plateau"] = "none"
     warmup_epochs: int = 0
     grad_clip: float = 5.0
     class_weights: bool = False
-    loss: str = "ce"
+    loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     amp: bool = True
     standardize: bool = True
 
-    def __post_init__(self) -> None:
-        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZERS), ("scheduler", self.scheduler, SCHEDULERS),
-                                     ("loss", self.loss, LOSSES), ("unit", self.unit, UNITS)):
-            if value not in choices:
-                raise ConfigError(f"trainer.{name}={value!r}: choose one of {', '.join(choices)}")
+    def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"trainer.{name}={getattr(self, name)!r}: must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"trainer.lr={self.lr!r}: must be > 0")
-
-
-# models.md §8.6 (optimiser, lr, weight decay, batch, epochs) per model; context-free models batch utterances.
-MODEL_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ts-gcl": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 60},
-    "ar-iigcn": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 3e-5, "batch_size": 16, "epochs": 60},
-    "jv-icl": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "batch_size": 16, "epochs": 30},
-    "deepmsi-mer": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30,
-                    "patience": 4, "unit": "utterance"},
-    "mlp": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 64, "epochs": 30, "unit": "utterance"},
-    "bigru": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30},
-}
+            self.require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("patience", "warmup_epochs", "weight_decay", "grad_clip"):
+            self.require(getattr(self, name) >= 0, name, "must be >= 0")
+        self.require(self.lr > 0, "lr", "must be > 0")
 
 
 def make_train_config(model: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig defaults <- the model's defaults <- overrides; unknown keys list the valid ones."""
-    values = {**MODEL_TRAIN_DEFAULTS.get(model, {}), **(overrides or {})}
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown trainer option(s) {unknown}; valid options: {sorted(fields)}")
-    cast = {}
-    for k, v in values.items():
-        typ = type(fields[k].default)
-        try:
-            cast[k] = typ(v) if typ in (int, float) and not isinstance(v, bool) else v
-        except (TypeError, ValueError):
-            raise ConfigError(f"trainer.{k}={v!r}: expected a {typ.__name__}") from None
-    return TrainConfig(**cast)
+    """TrainConfig defaults <- the model's `train_defaults` <- overrides; unknown keys list the valid ones."""
+    from mer_pipe.models.registry import MODELS
+
+    return TrainConfig.from_dict({**getattr(MODELS.get(model), "train_defaults", {}), **(overrides or {})})
 
 
 def set_seed(seed: int) -> None:
@@ -108,12 +76,13 @@ def set_seed(seed: int) -> None:
 @dataclass
 class Predictions:
     """Gold labels, argmax predictions and class probabilities of the kept utterances of a view,
-    ordered by utterance index. idx [M], gold [M], pred [M], probs [M, C]."""
+    ordered by utterance index. idx [M], gold [M], pred [M], probs [M, C]; loss = mean cross-entropy."""
 
     idx: np.ndarray
     gold: np.ndarray
     pred: np.ndarray
     probs: np.ndarray
+    loss: float = float("nan")
 
 
 def _autocast(device: str, amp: bool):
@@ -130,22 +99,25 @@ def predict(model, corpus: Corpus, view: View, batch_size: int, device: str, amp
             stats: dict[str, Any] | None = None) -> Predictions:
     """Forward the view in a fixed order (no shuffling) so evaluation is reproducible."""
     import torch
+    import torch.nn.functional as F
 
     model.eval()
-    idxs, golds, probs = [], [], []
+    idxs, golds, probs, loss_sum = [], [], [], 0.0
     with torch.no_grad():
         for batch, idx in iter_batches(corpus, view, batch_size, shuffle=False, stats=stats):
             sel = batch.mask & (batch.label >= 0)
             batch = batch.to(device)
             with _autocast(device, amp):
                 out = model(batch)
-            p = torch.softmax(out.logits.float(), dim=-1).cpu()
-            idxs.append(idx[sel]); golds.append(batch.label.cpu()[sel]); probs.append(p[sel])
+            logits = out.logits.float()[sel.to(device)]
+            loss_sum += float(F.cross_entropy(logits, batch.label[sel.to(device)], reduction="sum")) if len(logits) else 0.0
+            idxs.append(idx[sel]); golds.append(batch.label.cpu()[sel]); probs.append(torch.softmax(logits, -1).cpu())
     idx = torch.cat(idxs).numpy() if idxs else np.zeros(0, np.int64)
     order = np.argsort(idx, kind="stable")
     pr = torch.cat(probs).numpy()[order] if probs else np.zeros((0, corpus.task.n_classes), np.float32)
     return Predictions(idx=idx[order], gold=torch.cat(golds).numpy()[order] if golds else np.zeros(0, np.int64),
-                       pred=pr.argmax(axis=1) if len(pr) else np.zeros(0, np.int64), probs=pr)
+                       pred=pr.argmax(axis=1) if len(pr) else np.zeros(0, np.int64), probs=pr,
+                       loss=loss_sum / max(1, len(idx)))
 
 
 @dataclass
@@ -161,15 +133,24 @@ class FitResult:
     seconds: float
     seconds_per_epoch: float
     stats: dict[str, Any] = field(default_factory=dict)  # feature standardisation (data.feature_stats)
+    stop_reason: str = ""
 
 
-def _make_optimizer(model, cfg: TrainConfig):
+def _make_optimizers(model, cfg: TrainConfig) -> tuple[dict[str, Any], list]:
+    """One optimiser per `model.param_groups()` entry (models/base.py); the main groups' parameters
+    are the ones the trainer clips and steps."""
     import torch
 
-    params = model.main_parameters() if hasattr(model, "main_parameters") else model.parameters()
-    params = [p for p in params if p.requires_grad]
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay), params
+    opts, main_params = {}, []
+    for name, g in model.param_groups().items():
+        params = [p for p in g.params if p.requires_grad]
+        kind = g.optimizer or cfg.optimizer
+        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        opts[name] = cls(params, lr=cfg.lr if g.lr is None else g.lr,
+                         weight_decay=cfg.weight_decay if g.weight_decay is None else g.weight_decay)
+        if g.main:
+            main_params += params
+    return opts, main_params
 
 
 def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
@@ -191,12 +172,22 @@ def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def fit(model_name: str, model_config: dict[str, Any] | None, corpus: Corpus, modalities: tuple[str, ...],
-        fold: Fold, cfg: TrainConfig, seed: int, device: str = "cpu",
-        log: Callable[[str], None] | None = None) -> FitResult:
-    """Train one model on fold.train, keep the epoch with the best fold.dev weighted F1, score fold.test."""
+@dataclass
+class _Run:
+    """What one fit carries between epochs (model, optimisers, schedule, class weights, statistics)."""
+
+    model: Any
+    opts: dict[str, Any]
+    main_params: list
+    sched: Any
+    weight: Any
+    stats: dict[str, Any]
+    gen: Any
+
+
+def _setup(model_name: str, model_config, corpus: Corpus, modalities: tuple[str, ...], fold: Fold,
+           cfg: TrainConfig, seed: int, device: str) -> _Run:
     import torch
-    import torch.nn.functional as F
 
     from mer_pipe.models.registry import build_model
 
@@ -206,112 +197,102 @@ def fit(model_name: str, model_config: dict[str, Any] | None, corpus: Corpus, mo
         # order, and AR-IIGCN drifted by 0.5 W-F1 between two identical MELD runs on 2 threads.
         torch.use_deterministic_algorithms(True, warn_only=True)
     model = build_model(model_name, corpus.task, modalities, model_config).to(device)
-    opt, params = _make_optimizer(model, cfg)
-    n_steps = math.ceil(len(fold.train.units) / cfg.batch_size)
-    sched = _make_scheduler(opt, cfg, n_steps)
-    train_labels = corpus.label[:-1].numpy()[fold.train.keep]
+    opts, main_params = _make_optimizers(model, cfg)
+    sched = _make_scheduler(opts["main"], cfg, math.ceil(len(fold.train.units) / cfg.batch_size))
     weight = None
     if cfg.class_weights:
+        train_labels = corpus.label[:-1].numpy()[fold.train.keep]
         weight = torch.tensor(class_weights_from_counts(class_counts(train_labels, corpus.task.n_classes)),
                               dtype=torch.float32, device=device)
     stats = feature_stats(corpus, fold.train.keep) if cfg.standardize else {}
-    gen = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
+    return _Run(model, opts, main_params, sched, weight, stats, torch.Generator().manual_seed(seed))
+
+
+def _main_loss(logits, target, cfg: TrainConfig, weight):
+    import torch.nn.functional as F
+
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    if cfg.loss == "focal":
+        return focal_loss(logits, target, cfg.focal_gamma, weight)
+    return F.cross_entropy(logits, target, weight=weight)
+
+
+def _train_epoch(run: _Run, corpus: Corpus, fold: Fold, cfg: TrainConfig, device: str, where: str) -> dict[str, float]:
+    """One pass over the training units; returns the mean total loss and each of its parts."""
+    import torch
+
+    model, opt = run.model, run.opts["main"]
+    model.train()
+    parts: dict[str, float] = {"train_loss": 0.0, "loss_main": 0.0}
+    n_b = 0
+    for batch, _ in iter_batches(corpus, fold.train, cfg.batch_size, shuffle=True, generator=run.gen, stats=run.stats):
+        batch = batch.to(device)
+        model.before_step(batch, run.opts)
+        with _autocast(device, cfg.amp):
+            out = model(batch)
+        sel = batch.mask & (batch.label >= 0)
+        main = _main_loss(out.logits[sel].float(), batch.label[sel], cfg, run.weight)
+        loss = main + sum((v.float() for v in out.losses.values()), torch.zeros((), device=device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{where}: non-finite loss; lower trainer.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.main_params, cfg.grad_clip)
+        opt.step()
+        if cfg.scheduler != "plateau":
+            run.sched.step()
+        n_b += 1
+        parts["train_loss"] += float(loss.detach())
+        parts["loss_main"] += float(main.detach())
+        for k, v in out.losses.items():
+            parts[f"loss_{k}"] = parts.get(f"loss_{k}", 0.0) + float(v.detach())
+    return {k: v / max(1, n_b) for k, v in parts.items()}
+
+
+EpochHook = Callable[[dict[str, Any]], None]
+
+
+def fit(model_name: str, model_config, corpus: Corpus, modalities: tuple[str, ...], fold: Fold, cfg: TrainConfig,
+        seed: int, device: str = "cpu", on_epoch: EpochHook | None = None) -> FitResult:
+    """Train one model on fold.train, keep the epoch with the best fold.dev weighted F1, score fold.test.
+
+    on_epoch receives each epoch's record (epoch, losses, dev_loss, dev W-F1/accuracy, seconds, best,
+    stop) as it ends; the record with `stop` set says why training ended early."""
+    run = _setup(model_name, model_config, corpus, modalities, fold, cfg, seed, device)
+    best, best_state, best_epoch, bad, history, stop = -1.0, None, -1, 0, [], ""
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        model.train()
-        te, total, parts, n_b = time.perf_counter(), 0.0, {}, 0
-        for batch, _ in iter_batches(corpus, fold.train, cfg.batch_size, shuffle=True, generator=gen, stats=stats):
-            batch = batch.to(device)
-            if hasattr(model, "before_step"):
-                model.before_step(batch)
-            with _autocast(device, cfg.amp):
-                out = model(batch)
-            sel = batch.mask & (batch.label >= 0)
-            logits, target = out.logits[sel].float(), batch.label[sel]
-            if target.numel() == 0:
-                main = logits.sum() * 0.0
-            elif cfg.loss == "focal":
-                main = focal_loss(logits, target, cfg.focal_gamma, weight)
-            else:
-                main = F.cross_entropy(logits, target, weight=weight)
-            loss = main + sum((v.float() for v in out.losses.values()), torch.zeros((), device=device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{model_name}: non-finite loss at epoch {epoch} (seed {seed}); lower trainer.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            if cfg.scheduler != "plateau":
-                sched.step()
-            total += float(loss.detach()); n_b += 1
-            for k, v in out.losses.items():
-                parts[k] = parts.get(k, 0.0) + float(v.detach())
-        p = predict(model, corpus, fold.dev, cfg.eval_batch_size, device, cfg.amp, stats)
+        te = time.perf_counter()
+        losses = _train_epoch(run, corpus, fold, cfg, device, f"{model_name} epoch {epoch + 1} seed {seed}")
+        p = predict(run.model, corpus, fold.dev, cfg.eval_batch_size, device, cfg.amp, run.stats)
         dev_m = classification_metrics(p.gold, p.pred, corpus.class_names)
         score = dev_m["weighted_f1"]
         if cfg.scheduler == "plateau":
-            sched.step(score)
-        rec = {"epoch": epoch, "train_loss": total / max(1, n_b), "dev_weighted_f1": score,
-               "dev_accuracy": dev_m["accuracy"], "seconds": time.perf_counter() - te,
-               **{f"loss_{k}": v / max(1, n_b) for k, v in parts.items()}}
-        history.append(rec)
-        if log:
-            log(f"  epoch {epoch + 1:3d}/{cfg.epochs}  loss {rec['train_loss']:.4f}  {fold.select_on} W-F1 {score:.4f}  "
-                f"acc {dev_m['accuracy']:.4f}  ({rec['seconds']:.1f}s)")
+            run.sched.step(score)
         if score > best:
             best, best_epoch, bad = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
         else:
             bad += 1
-            if cfg.patience and bad >= cfg.patience:
-                break
+        if cfg.patience and bad >= cfg.patience and epoch + 1 < cfg.epochs:
+            stop = f"early stop: no better {fold.select_on} W-F1 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch + 1})"
+        rec = {"epoch": epoch, **losses, "dev_loss": p.loss, "dev_weighted_f1": score, "dev_accuracy": dev_m["accuracy"],
+               "seconds": time.perf_counter() - te, "best_weighted_f1": best, "best_epoch": best_epoch, "stop": stop}
+        history.append(rec)
+        if on_epoch:
+            on_epoch(rec)
+        if stop:
+            break
     seconds = time.perf_counter() - t0
-    model.load_state_dict(best_state)
-    dev_p = predict(model, corpus, fold.dev, cfg.eval_batch_size, device, cfg.amp, stats)
-    test_p = predict(model, corpus, fold.test, cfg.eval_batch_size, device, cfg.amp, stats)
+    run.model.load_state_dict(best_state)
+    dev_p = predict(run.model, corpus, fold.dev, cfg.eval_batch_size, device, cfg.amp, run.stats)
+    test_p = predict(run.model, corpus, fold.test, cfg.eval_batch_size, device, cfg.amp, run.stats)
     return FitResult(
         state_dict=best_state, best_epoch=best_epoch, history=history,
         dev=classification_metrics(dev_p.gold, dev_p.pred, corpus.class_names),
         test=classification_metrics(test_p.gold, test_p.pred, corpus.class_names),
-        test_predictions=test_p, seconds=seconds, seconds_per_epoch=seconds / max(1, len(history)), stats=stats,
+        test_predictions=test_p, seconds=seconds, seconds_per_epoch=seconds / max(1, len(history)), stats=run.stats,
+        stop_reason=stop or f"ran all {cfg.epochs} epochs",
     )
-
-
-def model_config_dict(model_name: str, values: dict[str, Any] | None) -> dict[str, Any]:
-    """The full resolved model config (defaults filled in) as plain YAML-able data."""
-    from mer_pipe.models import _all  # noqa: F401
-    from mer_pipe.models.registry import MODELS, make_config
-
-    cls = MODELS.get(model_name)
-    cfg = make_config(cls.config_cls, values, f"model {model_name!r}")  # lists -> tuples there
-    return to_plain(dataclasses.asdict(cfg))
-
-
-def to_plain(obj: Any) -> Any:
-    """Tuples -> lists, recursively (YAML safe_dump and JSON friendly)."""
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def run_protocol(model_name: str, model_config: dict | None, corpus: Corpus, modalities: tuple[str, ...],
-                 protocol: str, select_on: str, seeds: tuple[int, ...], cfg, device: str,
-                 log=print) -> list[RunRecord]:
-    """Fit one model per (seed, fold) and collect the records (folds are the same for every seed)."""
-    folds = make_folds(corpus, protocol, select_on, cfg.unit)
-    for note in protocol_notes(protocol, select_on):
-        log(note)
-    records = []
-    for seed in seeds:
-        for fold in folds:
-            log(f"{model_name} seed {seed} {fold.name}: {len(fold.train.units)} train units, "
-                f"{fold.dev.n_labelled} {select_on}-selection / {fold.test.n_labelled} test utterances")
-            res = fit(model_name, model_config, corpus, modalities, fold, cfg, seed, device, log)
-            log(f"{model_name} seed {seed} {fold.name}: best epoch {res.best_epoch + 1}, test acc "
-                f"{res.test['accuracy']:.4f} W-F1 {res.test['weighted_f1']:.4f}")
-            records.append(RunRecord(seed, fold.name, res, [corpus.ids[i] for i in np.flatnonzero(fold.test.keep)]))
-    return records

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,60 +53,16 @@ def summarize(records: Sequence[RunRecord], class_names: Sequence[str], notes: S
     }
 
 
-def write_predictions(path: Path, records: Sequence[RunRecord], ids: Sequence[str], class_names: Sequence[str],
+def write_predictions(fh, records: Sequence[RunRecord], ids: Sequence[str], class_names: Sequence[str],
                       selected_on: str) -> None:
     """One row per (seed, fold, test utterance): id, gold, predicted, class probabilities. The
     `selected_on` column flags runs whose model was selected on the test set."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["seed", "fold", "selected_on", "id", "gold", "predicted", *[f"p_{c}" for c in class_names]])
-        for r in records:
-            p = r.result.test_predictions
-            for i, g, y, pr in zip(p.idx, p.gold, p.pred, p.probs):
-                w.writerow([r.seed, r.fold, selected_on, ids[i], class_names[g], class_names[y],
-                            *[f"{x:.6f}" for x in pr]])
-
-
-def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str) -> None:
-    """Row-normalised confusion heat map with counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(confusion, dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(class_names), 0.8 + 0.75 * len(class_names)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted"); ax.set_ylabel("gold"); ax.set_title(title, fontsize=9)
-    for i in range(len(class_names)):
-        for j in range(len(class_names)):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
-
-
-def plot_curves(path: Path, records: Sequence[RunRecord], select_on: str) -> None:
-    """Training loss and selection-set weighted F1 per epoch, one line per (seed, fold)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    w = csv.writer(fh, lineterminator="\n")
+    w.writerow(["seed", "fold", "selected_on", "id", "gold", "predicted", *[f"p_{c}" for c in class_names]])
     for r in records:
-        h = r.result.history
-        ep = [x["epoch"] + 1 for x in h]
-        label = f"seed {r.seed}" + ("" if r.fold == "split" else f" {r.fold}")
-        a.plot(ep, [x["train_loss"] for x in h], label=label)
-        b.plot(ep, [x["dev_weighted_f1"] for x in h], label=label)
-    a.set_xlabel("epoch"); a.set_ylabel("training loss")
-    b.set_xlabel("epoch"); b.set_ylabel(f"{select_on} weighted F1 (selection)")
-    if len(records) <= 10:
-        b.legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
+        p = r.result.test_predictions
+        for i, g, y, pr in zip(p.idx, p.gold, p.pred, p.probs):
+            w.writerow([r.seed, r.fold, selected_on, ids[i], class_names[g], class_names[y], *[f"{x:.6f}" for x in pr]])
 
 
 def default_run_dir(model: str, dataset: str, base: str | Path = "runs") -> Path:
@@ -115,42 +70,74 @@ def default_run_dir(model: str, dataset: str, base: str | Path = "runs") -> Path
     return Path(base) / f"{dataset}-{model}-{stamp}"
 
 
-def write_run(run_dir: Path, config: dict[str, Any], records: Sequence[RunRecord], corpus, task_info) -> dict[str, Any]:
-    """Write every run file; returns the metrics dict. `config` is the resolved config (config.yaml)."""
-    import torch
-    import yaml
+def write_run(run_dir: Path, cfg, records: Sequence[RunRecord], corpus, *, notes: Sequence[str],
+              cache_root: Path, complete: bool, wall_seconds: float) -> dict[str, Any]:
+    """Write every run file atomically; returns the metrics dict. Called after each finished seed too
+    (`complete=False`), so an interrupted multi-seed run keeps the seeds it finished."""
+    import io
 
-    from .loop import to_plain
+    import torch
+
+    from mer_pipe.common.config import to_plain
+    from mer_pipe.common.files import atomic_path, write_json_atomic, write_text_atomic
+
+    from .runconfig import config_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    notes = config.get("notes", [])
-    with open(run_dir / "config.yaml", "w", encoding="utf-8") as fh:
-        for note in notes:
-            fh.write(f"# {note}\n")
-        yaml.safe_dump(to_plain(config), fh, sort_keys=False)
-    metrics = summarize(records, corpus.class_names, notes)
-    metrics = {"model": config["model"], "dataset": config["dataset"], "protocol": config["protocol"],
-               "select_on": config["select_on"], **metrics}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    write_predictions(run_dir / "predictions.csv", records, corpus.ids, corpus.class_names, config["select_on"])
-    tag = " [SELECTED ON TEST]" if config["select_on"] == "test" else ""
-    t = metrics["aggregate"]["test"]
-    plot_confusion(run_dir / "confusion.png", t["confusion_sum"], corpus.class_names,
-                   f"{config['model']} on {config['dataset']} test (summed over runs){tag}\n"
-                   f"W-F1 {t['weighted_f1']['mean']:.4f} ± {t['weighted_f1']['std']:.4f}")
-    plot_curves(run_dir / "curves.png", records, config["select_on"])
-    torch.save({
-        "format": CHECKPOINT_FORMAT,
-        "model": config["model"], "model_config": to_plain(config["model_config"]),
-        "trainer": to_plain(config["trainer"]), "dataset": config["dataset"],
-        "modalities": list(config["modalities"]), "features": to_plain(config["features"]),
-        "protocol": config["protocol"], "select_on": config["select_on"], "notes": list(notes),
-        "task": to_plain(dataclasses.asdict(task_info)), "manifest_digest": corpus.manifest_digest,
-        "runs": [{"seed": r.seed, "fold": r.fold, "state_dict": r.result.state_dict, "test_ids": r.test_ids,
-                  "feature_stats": r.result.stats,
-                  "test": {k: r.result.test[k] for k in SCALARS}} for r in records],
-    }, run_dir / "checkpoint.pt")
+    meta = {"cache_dir": str(cache_root), "features": corpus.features}
+    write_text_atomic(run_dir / "config.yaml", config_yaml(cfg, notes) + yaml_block(meta))
+    metrics = {"model": cfg.model, "dataset": cfg.dataset, "modalities": list(cfg.modalities),
+               "protocol": cfg.protocol, "select_on": cfg.select_on, "complete": complete,
+               "seeds_planned": list(cfg.seeds), "wall_seconds": wall_seconds, **meta,
+               **summarize(records, corpus.class_names, notes)}
+    write_json_atomic(run_dir / "metrics.json", metrics, sort_keys=False)
+    buf = io.StringIO()
+    write_predictions(buf, records, corpus.ids, corpus.class_names, cfg.select_on)
+    write_text_atomic(run_dir / "predictions.csv", buf.getvalue())
+    write_figures(run_dir, cfg, records, metrics, corpus.class_names)
+    with atomic_path(run_dir / "checkpoint.pt") as tmp:
+        torch.save({
+            "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_config": cfg.model_config.to_dict(),
+            "trainer": cfg.trainer.to_dict(), "dataset": cfg.dataset, "cache_dir": str(cache_root),
+            "modalities": list(cfg.modalities), "features": to_plain(corpus.features),
+            "protocol": cfg.protocol, "select_on": cfg.select_on, "notes": list(notes),
+            "task": to_plain(dataclasses.asdict(corpus.task)), "manifest_digest": corpus.manifest_digest,
+            "runs": [{"seed": r.seed, "fold": r.fold, "state_dict": r.result.state_dict, "test_ids": r.test_ids,
+                      "feature_stats": r.result.stats,
+                      "test": {k: r.result.test[k] for k in SCALARS}} for r in records],
+        }, tmp)
     return metrics
+
+
+def yaml_block(data: dict[str, Any]) -> str:
+    import yaml
+
+    from mer_pipe.common.config import to_plain
+
+    return "# where the features came from (read by `mer-pipe evaluate`; ignored by --config)\n" + \
+        yaml.safe_dump(to_plain(data), sort_keys=False)
+
+
+def write_figures(run_dir: Path, cfg, records: Sequence[RunRecord], metrics: dict[str, Any],
+                  class_names: Sequence[str]) -> None:
+    """confusion.png, per_class_f1.png and curves.png (pipeline/train/plots.py)."""
+    from .plots import plot_confusion, plot_curves, plot_per_class_f1
+
+    tag = " [SELECTED ON TEST]" if cfg.select_on == "test" else ""
+    t = metrics["aggregate"]["test"]
+    head = f"{cfg.model} on {cfg.dataset} test{tag}: W-F1 {format_mean_std(t['weighted_f1'])}"
+    plot_confusion(run_dir / "confusion.png", t["confusion_sum"], class_names, f"{head}\n(counts summed over seeds)")
+    plot_per_class_f1(run_dir / "per_class_f1.png", t["per_class"], class_names, f"{head}\nper-class F1 (± std over seeds)")
+    runs = [{"seed": r.seed, "fold": r.fold, "best_epoch": r.result.best_epoch, "history": r.result.history}
+            for r in records]
+    plot_curves(run_dir / "curves.png", runs, model=cfg.model, dataset=cfg.dataset, select_on=cfg.select_on)
+
+
+def format_mean_std(agg: dict[str, float], digits: int = 4) -> str:
+    """'0.6123 ± 0.0110' over several seeds; one seed prints no ± (plots.format_mean_std)."""
+    from .plots import format_mean_std as fmt
+
+    return fmt(agg["mean"], agg.get("std", 0.0), agg.get("n", 2), digits)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -178,8 +165,6 @@ def format_summary(metrics: dict[str, Any]) -> str:
     for part in ("dev", "test"):
         a = metrics["aggregate"][part]
         label = "selection (test)" if part == "dev" and metrics["select_on"] == "test" else part
-        lines.append(f"{label:>16}: acc {a['accuracy']['mean']:.4f} ± {a['accuracy']['std']:.4f}   "
-                     f"W-F1 {a['weighted_f1']['mean']:.4f} ± {a['weighted_f1']['std']:.4f}   "
-                     f"macro-F1 {a['macro_f1']['mean']:.4f} ± {a['macro_f1']['std']:.4f}   "
-                     f"(seeds {','.join(map(str, metrics['seeds']))})")
+        lines.append(f"{label:>16}: acc {format_mean_std(a['accuracy'])}   W-F1 {format_mean_std(a['weighted_f1'])}   "
+                     f"macro-F1 {format_mean_std(a['macro_f1'])}   (seeds {','.join(map(str, metrics['seeds']))})")
     return "\n".join(lines)

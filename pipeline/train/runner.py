@@ -1,0 +1,106 @@
+"""A whole training run: validate everything cheap, load the features once, fit every (seed, fold), and
+write the run directory after each finished seed, so an interrupted run keeps what it finished."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mer_pipe.common.errors import CacheError, ConfigError
+from mer_pipe.common.modalities import MODALITIES
+
+from .protocols import RunRecord, make_folds, protocol_notes
+from .runconfig import RunConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    config: RunConfig
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or an existing run dir without --overwrite, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the run (default runs/DATASET-MODEL-TIME)")
+    if out.is_dir() and (out / "metrics.json").exists() and not overwrite:
+        raise ConfigError(f"--out {out} already holds a run (metrics.json); pass --overwrite to replace it, "
+                          "or leave --out unset for a fresh timestamped run dir")
+
+
+def usable_modalities(dataset: str, cache_dir: Path, slots: dict[str, str]) -> tuple[str, ...]:
+    """Modalities whose lock slot points at a feature set that has at least one extracted utterance."""
+    from mer_pipe.cache.store import FeatureStore
+
+    lock = FeatureStore(cache_dir).read_lock(dataset)
+    return tuple(m for m in MODALITIES if slots.get(m, m) in lock and lock[slots.get(m, m)].get("n_ok", 1) > 0)
+
+
+def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log) -> RunConfig:
+    from mer_pipe.pipeline.corpus.hints import prepare_command
+    from mer_pipe.pipeline.corpus.manifest import dataset_dir
+
+    if not (dataset_dir(cfg.dataset, cache_dir) / "dataset.json").is_file():
+        raise CacheError(f"dataset {cfg.dataset!r} is not prepared in {cache_dir}; run "
+                         f"`{prepare_command(cfg.dataset, cache_dir=cache_dir)}` first")
+    if cfg.modalities:
+        return cfg
+    mods = usable_modalities(cfg.dataset, cache_dir, cfg.slots)
+    if not mods:
+        from mer_pipe.pipeline.corpus.hints import features_command
+
+        raise CacheError(f"dataset {cfg.dataset!r} has no usable features in {cache_dir}; run "
+                         f"`{features_command(cfg.dataset, cache_dir=cache_dir)}` first")
+    log(f"modalities: {','.join(mods)} (every slot with usable features; choose with --modalities)")
+    return RunConfig.from_dict({**cfg.to_dict(), "modalities": list(mods)})
+
+
+def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool = False, log: Log = print,
+                 progress: bool = True) -> TrainResult:
+    """Fit cfg.model on every seed (and fold) and write the run dir; see the module docstring."""
+    from mer_pipe.common.devices import resolve_device
+
+    from .data import load_corpus
+    from .progress import TrainProgress
+    from .report import format_summary, write_run
+
+    check_out_dir(out, overwrite)
+    cfg = resolve_modalities(cfg, cache_dir, log)
+    device = resolve_device(cfg.device)
+    corpus = load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots)
+    folds = make_folds(corpus, cfg.protocol, cfg.select_on, cfg.trainer.unit)  # refuses empty splits up front
+    notes = protocol_notes(cfg.protocol, cfg.select_on)
+    for note in notes:
+        log(note)
+    log(f"training {cfg.model} on {cfg.dataset} [{','.join(cfg.modalities)}] on {device}: protocol {cfg.protocol}, "
+        f"select on {cfg.select_on}, seeds {','.join(map(str, cfg.seeds))}, up to {cfg.trainer.epochs} epochs")
+    records: list[RunRecord] = []
+    t0, metrics = time.perf_counter(), {}
+    bar = TrainProgress(len(cfg.seeds) * len(folds), cfg.trainer.epochs, cfg.select_on, enabled=progress, log=log)
+    try:
+        for seed in cfg.seeds:
+            for fold in folds:
+                from .loop import fit
+
+                bar.start(f"seed {seed}" + ("" if fold.name == "split" else f" {fold.name}"))
+                res = fit(cfg.model, cfg.model_config, corpus, cfg.modalities, fold, cfg.trainer, seed, device,
+                          on_epoch=bar.epoch)
+                bar.finish(res)
+                records.append(RunRecord(seed, fold.name, res, [corpus.ids[i] for i in np.flatnonzero(fold.test.keep)]))
+            metrics = write_run(out, cfg, records, corpus, notes=notes, cache_root=cache_dir,
+                                complete=seed == cfg.seeds[-1], wall_seconds=time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        bar.close()
+        done = sorted({r.seed for r in records})
+        kept = f"kept seeds {','.join(map(str, done))} in {out}" if done and metrics else "no seed had finished"
+        raise KeyboardInterrupt(f"training interrupted; {kept}") from None
+    bar.close()
+    log(format_summary(metrics))
+    log(f"run directory: {out}")
+    return TrainResult(out, metrics, cfg)
