@@ -30,6 +30,7 @@ demo: setup
 
 ## The test suite (offline, CPU, a few minutes). Heavier tests: make test-all.
 test: setup
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/pytest -q
 
 test-all: setup

@@ -7,25 +7,17 @@ or paths. This module imports only the standard library: key computation stays f
 """
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import math
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import PurePath
 
-from mer_pipe.common.errors import ConfigError, ModelLoadError
+from mer_pipe.common.errors import ConfigError
 
 # Bump only on purpose: it changes every key and so invalidates every cached feature set.
 KEY_SCHEMA = 1
 KEY_LENGTH = 16
-_CHUNK = 1 << 20
-# Files that make up a model's identity in a local checkpoint directory (weights, configs, vocabularies).
-DEFAULT_WEIGHT_PATTERNS: tuple[str, ...] = (
-    "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.onnx", "*.npz",
-    "*.json", "*.txt", "*.model", "*.yaml", "*.conf",
-)
 
 
 def _plain(obj: object, where: str) -> object:
@@ -41,7 +33,7 @@ def _plain(obj: object, where: str) -> object:
     if isinstance(obj, PurePath):
         raise TypeError(
             f"canonical_json: path {str(obj)!r} at {where}; a key must not depend on where files live — "
-            "hash the file contents (file_digest/dir_digest) or use a relative name instead"
+            "hash the file contents (extractors.base.weights_identity) or use a relative name instead"
         )
     if isinstance(obj, Mapping):
         out = {}
@@ -102,46 +94,3 @@ def feature_key(
         "upstream": upstream,
     }
     return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()[:KEY_LENGTH]
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 (hex) of a file's bytes, read in 1 MiB chunks so multi-GB checkpoints stay cheap on memory."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                h.update(chunk)
-    except OSError as exc:
-        raise ModelLoadError(
-            f"cannot hash weights file {os.fspath(path)!r}: {exc.strerror or exc}; check the local weights path"
-        ) from None
-    return h.hexdigest()
-
-
-def dir_digest(path: str | os.PathLike[str], patterns: Iterable[str] | None = None) -> str:
-    """sha256 (hex) over the sorted relative names and contents of the files in `path` matching `patterns`.
-
-    Patterns are fnmatch globs on the file name (default: DEFAULT_WEIGHT_PATTERNS). Hidden files and
-    folders (.git, .cache) are skipped. Only relative names enter the digest, so moving the folder
-    keeps its identity.
-    """
-    root = os.fspath(path)
-    if not os.path.isdir(root):
-        raise ModelLoadError(f"weights directory {root!r} does not exist; check the local weights path")
-    pats = tuple(patterns) if patterns is not None else DEFAULT_WEIGHT_PATTERNS
-    names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for fname in filenames:
-            if fname.startswith(".") or not any(fnmatch.fnmatch(fname, p) for p in pats):
-                continue
-            rel = os.path.relpath(os.path.join(dirpath, fname), root)
-            names.append(rel.replace(os.sep, "/"))
-    if not names:
-        raise ModelLoadError(
-            f"no weight files matching {', '.join(pats)} in {root!r}; point to a folder written by save_pretrained"
-        )
-    h = hashlib.sha256()
-    for rel in sorted(names):
-        h.update(rel.encode("utf-8") + b"\0" + file_digest(os.path.join(root, rel)).encode("ascii") + b"\n")
-    return h.hexdigest()

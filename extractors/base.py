@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mer_pipe.common.devices import resolve_device
-from mer_pipe.common.errors import ConfigError, ModelLoadError
+from mer_pipe.common.errors import ModelLoadError
 from mer_pipe.common.registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -42,16 +42,7 @@ class Extractor:
         # A resolved config (with its weights identity) may be passed back in; the identity is
         # re-checked against the weights found on disk at setup time.
         self._expected_weights = values.pop(WEIGHTS_KEY, None)
-        fields = {f.name for f in dataclasses.fields(self.config_cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(
-                f"extractor {self.name!r}: unknown config option(s) {unknown}; valid options: {sorted(fields)}"
-            )
-        try:
-            self.config = self.config_cls(**values)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"extractor {self.name!r}: {exc}") from None
+        self.config = self.config_cls.from_dict(values)  # typed, unknown keys listed (common/config.py)
         self.device: str | None = None
         self._weights_identity: dict[str, Any] | None = None
         self._dim: int | None = None
@@ -140,11 +131,6 @@ class Extractor:
 
 
 # --- shared helpers ----------------------------------------------------------------------------
-def check_choice(owner: str, option: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{owner}: {option}={value!r} is not one of {list(choices)}")
-
-
 def is_local(ref: str) -> bool:
     """A model reference is local when it names an existing path or looks like one."""
     return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~"))

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, ClassVar
 
 import numpy as np
 
+from mer_pipe.common.config import Config
 from mer_pipe.common.errors import MediaError
 
-from .base import EXTRACTORS, Extractor, check_choice
+from .base import EXTRACTORS, Extractor
 
 FEATURE_SETS = ("eGeMAPSv02", "ComParE_2016")
 FEATURE_LEVELS = ("functionals", "lld")
@@ -27,17 +28,17 @@ _MIN_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
-class OpenSmileConfig:
+class OpenSmileConfig(Config):
     """feature_set: "eGeMAPSv02" (88 functionals) | "ComParE_2016" (6373); feature_level:
     "functionals" -> [D] | "lld" -> [T, D]."""
 
-    feature_set: str = "eGeMAPSv02"
-    feature_level: str = "functionals"
+    section: ClassVar[str] = "opensmile"
+
+    feature_set: Literal["eGeMAPSv02", "ComParE_2016"] = "eGeMAPSv02"
+    feature_level: Literal["functionals", "lld"] = "functionals"
     sample_rate: int = 16000
 
-    def __post_init__(self) -> None:
-        check_choice("opensmile", "feature_set", self.feature_set, FEATURE_SETS)
-        check_choice("opensmile", "feature_level", self.feature_level, FEATURE_LEVELS)
+
 
 
 @EXTRACTORS.register("opensmile")

@@ -13,35 +13,36 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, ClassVar
 
 import numpy as np
 
+from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
                    torch_provenance)
 
 BACKENDS = ("auto", "transformers", "timm")
 
 
 @dataclass(frozen=True)
-class SwinConfig:
+class SwinConfig(Config):
     """model: hub id, save_pretrained dir, timm folder, or timm checkpoint file (with `arch`).
     backend: "auto" picks timm for `timm/...` ids, timm folders and checkpoint files (or when `arch` is
     given), else transformers. num_frames: frames per clip F (the media helper samples them)."""
 
+    section: ClassVar[str] = "swin"
+
     model: str = "microsoft/swin-base-patch4-window7-224"
     revision: str | None = None
-    backend: str = "auto"
+    backend: Literal["auto", "transformers", "timm"] = "auto"
     arch: str | None = None
     num_frames: int = 15
     autocast: bool = False
 
-    def __post_init__(self) -> None:
-        check_choice("swin", "backend", self.backend, BACKENDS)
-        if self.num_frames < 1:
-            raise ConfigError(f"swin: num_frames={self.num_frames} must be >= 1")
+    def validate(self) -> None:
+        self.require(self.num_frames >= 1, "num_frames", "must be >= 1")
 
 
 def pick_backend(model: str, backend: str, arch: str | None) -> str:

@@ -6,39 +6,39 @@ sentence-transformers recipe (attention-masked mean over the last layer, 256 tok
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, ClassVar
 
 import numpy as np
 
+from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
                    torch_provenance)
 
 POOLINGS = ("mean", "cls")
 
 
 @dataclass(frozen=True)
-class TextHFConfig:
+class TextHFConfig(Config):
     """model: hub id or local dir; None = the packaged all-MiniLM-L6-v2.
     pooling: "mean" (attention-masked) | "cls". layer: hidden-state index (-1 = last, 0 = embeddings);
     layers: mean of the `layers` hidden states ending at `layer`. normalize: L2-normalise the output."""
 
+    section: ClassVar[str] = "text-hf"
+
     model: str | None = None
     revision: str | None = None
-    pooling: str = "mean"
+    pooling: Literal["mean", "cls"] = "mean"
     layer: int = -1
     layers: int = 1
     max_length: int = 256
     normalize: bool = False
     autocast: bool = False
 
-    def __post_init__(self) -> None:
-        check_choice("text-hf", "pooling", self.pooling, POOLINGS)
-        if self.layers < 1:
-            raise ConfigError(f"text-hf: layers={self.layers} must be >= 1 (1 = just `layer`)")
-        if self.max_length < 2:
-            raise ConfigError(f"text-hf: max_length={self.max_length} must be >= 2 (room for [CLS] and [SEP])")
+    def validate(self) -> None:
+        self.require(self.layers >= 1, "layers", "must be >= 1 (1 = just `layer`)")
+        self.require(self.max_length >= 2, "max_length", "must be >= 2 (room for [CLS] and [SEP])")
 
 
 def default_text_model() -> str:

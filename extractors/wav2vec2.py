@@ -11,13 +11,14 @@ Layer-norm models (large / lv60) are batched with padding and an attention mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, ClassVar
 
 import numpy as np
 
+from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, check_choice, hf_load_kwargs, load_error, to_float32,
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
                    torch_provenance)
 from .text_hf import hidden_layer_range
 
@@ -29,27 +30,26 @@ _MIN_TAIL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
-class Wav2Vec2Config:
+class Wav2Vec2Config(Config):
     """layer: hidden-state index (-1 = last, 0 = input to the transformer); layers: mean of the
     `layers` states ending at `layer`. pooling: "mean" -> [D], "none" -> [T, D] frames.
     chunk_seconds: encode long clips in chunks of this length (0 = whole clip at once)."""
+
+    section: ClassVar[str] = "wav2vec2"
 
     model: str = "facebook/wav2vec2-base"
     revision: str | None = None
     layer: int = -1
     layers: int = 1
-    pooling: str = "mean"
+    pooling: Literal["mean", "none"] = "mean"
     chunk_seconds: float = 10.0
     sample_rate: int = 16000
     autocast: bool = False
 
-    def __post_init__(self) -> None:
-        check_choice("wav2vec2", "pooling", self.pooling, POOLINGS)
-        if self.layers < 1:
-            raise ConfigError(f"wav2vec2: layers={self.layers} must be >= 1 (1 = just `layer`)")
-        if self.chunk_seconds < 0 or (0 < self.chunk_seconds < 2 * _MIN_TAIL_SECONDS):
-            raise ConfigError(f"wav2vec2: chunk_seconds={self.chunk_seconds} must be 0 (no chunking) or >= "
-                              f"{2 * _MIN_TAIL_SECONDS}")
+    def validate(self) -> None:
+        self.require(self.layers >= 1, "layers", "must be >= 1 (1 = just `layer`)")
+        self.require(self.chunk_seconds == 0 or self.chunk_seconds >= 2 * _MIN_TAIL_SECONDS, "chunk_seconds",
+                     f"must be 0 (no chunking) or >= {2 * _MIN_TAIL_SECONDS}")
 
 
 def chunk_bounds(n: int, chunk: int, min_tail: int) -> list[tuple[int, int]]:

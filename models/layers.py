@@ -25,7 +25,6 @@ def unflatten_valid(flat: Tensor, mask: Tensor, fill: float = 0.0) -> Tensor:
     return out
 
 
-simple_batch_graphify = flatten_valid
 
 
 def zero_absent(x: Tensor, present: Tensor) -> Tensor:

@@ -73,7 +73,6 @@ def relevance(z: Tensor, guide: Tensor | None, mask: Tensor, cfg: VSCConfig) -> 
 def _select(cos: Tensor, r: Tensor, mask: Tensor, cfg: VSCConfig) -> tuple[Tensor, Tensor]:
     """-> (index [B, K] long, valid [B, K] bool) of kept tokens, in relevance or position order."""
     B, L = r.shape
-    pos = torch.arange(L, device=r.device).expand(B, L)
     if cfg.select == "topk":
         n_keep = mask.sum(1).clamp(max=cfg.k)                       # [B] rows with fewer tokens keep all
         K = min(cfg.k, L)

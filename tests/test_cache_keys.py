@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mer_pipe.cache.keys import canonical_json, dir_digest, feature_key, file_digest
-from mer_pipe.common.errors import ConfigError, ModelLoadError
+from mer_pipe.cache.keys import canonical_json, feature_key
+from mer_pipe.common.errors import ConfigError
 
 CONFIG = {
     "model": "roberta-large",
@@ -133,39 +133,3 @@ def test_feature_key_rejects_bad_inputs():
         feature_key("text", "1", [1], "d")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="path"):
         feature_key("text", "1", {"weights": Path("/x")}, "d")
-
-
-def test_file_and_dir_digest(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "sub").mkdir(parents=True)
-    (ckpt / "model.safetensors").write_bytes(b"\x00" * (3 << 20) + b"w")  # several read chunks
-    (ckpt / "config.json").write_text('{"hidden": 4}')
-    (ckpt / "sub" / "vocab.txt").write_text("a\nb\n")
-    (ckpt / "notes.md").write_text("not part of the identity")
-    (ckpt / ".git").mkdir()
-    (ckpt / ".git" / "x.json").write_text("ignored")
-
-    assert file_digest(ckpt / "config.json") == hashlib.sha256(b'{"hidden": 4}').hexdigest()
-    d1 = dir_digest(ckpt)
-    # moving the folder keeps the identity: only relative names are hashed
-    moved = tmp_path / "elsewhere"
-    ckpt.rename(moved)
-    assert dir_digest(moved) == d1
-    (moved / "notes.md").write_text("edited")  # not matched by the weight patterns
-    assert dir_digest(moved) == d1
-    (moved / "model.safetensors").write_bytes(b"\x00" * (3 << 20) + b"W")
-    d2 = dir_digest(moved)
-    assert d2 != d1
-    (moved / "sub" / "vocab.txt").rename(moved / "sub" / "vocab2.txt")  # renames count too
-    assert dir_digest(moved) != d2
-    assert dir_digest(moved, ["*.safetensors"]) != dir_digest(moved)
-
-
-def test_digest_errors_name_the_path(tmp_path):
-    with pytest.raises(ModelLoadError, match="nope.bin"):
-        file_digest(tmp_path / "nope.bin")
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        dir_digest(tmp_path / "missing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="no weight files"):
-        dir_digest(tmp_path / "empty")

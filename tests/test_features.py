@@ -165,7 +165,7 @@ def test_bad_run_options_name_the_option(fresh_cache):
         ExecutorConfig("threads")
     with pytest.raises(ConfigError, match="--scheduler"):
         ExecutorConfig("serial", scheduler="tcp://127.0.0.1:1")
-    with pytest.raises(ConfigError, match="unknown config option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         extract_features(DATASET, resolve_slots("offline", only="t", overrides=["t.modle=x"], cache_root=cache),
                          cache_dir=cache, executor=SERIAL)
 

@@ -18,7 +18,8 @@ def synth(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New or empty folder to write the corpus into (required).")] = None,
     dialogues: Annotated[Optional[int], typer.Option(help="Number of dialogues over train/dev/test (default 20, at least 3).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same corpus (default 0).")] = None,
-    text_from: Annotated[Optional[Path], typer.Option("--text-from", help="Folder with the real MELD CSVs: take dialogues, speakers, texts and labels from them (meld only).")] = None,
+    text_from: Annotated[Optional[Path], typer.Option("--text-from", help="Folder with the real MELD CSVs: take dialogues, speakers, texts and"
+        " labels from them (meld only).")] = None,
     faults: Annotated[bool, typer.Option("--faults", help="Plant real-corpus faults (missing/truncated/audio-less/orphan clips, a malformed row) listed in faults.json.")] = False,
 ) -> None:
     """Write a miniature corpus with planted, label-dependent text/audio/video cues (for tests and the demo)."""
@@ -37,7 +38,8 @@ def synth(
 
 
 def prepare(
-    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), or pickle (a published ERC feature pickle: DialogueRNN/MMGCN/COSMIC; docs/interop.md).")] = None,
+    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), or pickle (a published ERC"
+        " feature pickle: DialogueRNN/MMGCN/COSMIC; docs/interop.md).")] = None,
     root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest); for pickle, the .pkl file.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the cache (default: the recipe name).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,

@@ -18,9 +18,12 @@ DatasetFilterOption = Annotated[Optional[str], typer.Option("--dataset", "-d", h
 
 def features(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Prepared dataset name (see `mer-pipe prepare`).")],
-    preset: Annotated[Optional[str], typer.Option(help="Extractor preset: offline (no downloads; tiny Swin/wav2vec2 are plumbing) or paper (RoBERTa-large, wav2vec2-base, eGeMAPS, Swin-base; needs weights).")] = None,
-    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated slots to extract, e.g. t,a (offline: t, a, v, a_w2v).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Per-slot override SLOT.KEY=VALUE, e.g. t.model=/path/to/roberta-large or a.extractor=wav2vec2 (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Extractor preset: offline (no downloads; tiny Swin/wav2vec2 are plumbing) or paper"
+        " (RoBERTa-large, wav2vec2-base, eGeMAPS, Swin-base; needs weights).")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated slots to extract, e.g. t,a (offline:"
+        " t, a, v, a_w2v).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Per-slot override SLOT.KEY=VALUE, e.g. t.model=/path/to/roberta-large or"
+        " a.extractor=wav2vec2 (repeatable).")] = None,
     executor: Annotated[Optional[str], typer.Option(help="serial (in this process, the reference) or dask (local process cluster, or --scheduler). Default dask.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes of the local dask cluster (default: CPU cores, at most 4).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (tcp://host:8786); its workers must see the same cache directory.")] = None,

@@ -37,7 +37,8 @@ def prepare_pickle(root: Path | None, name: str | None = None, cache_dir: Path |
 
 def cache_export(
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Prepared dataset name.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="mmgcn (IEMOCAP_features.pkl / MELD_features_raw1.pkl tuple, read by MMGCN, DialogueRNN, DialogueGCN, M3Net loaders) or cosmic (COSMIC's *_features_roberta.pkl).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="mmgcn (IEMOCAP_features.pkl / MELD_features_raw1.pkl tuple, read by MMGCN, DialogueRNN,"
+        " DialogueGCN, M3Net loaders) or cosmic (COSMIC's *_features_roberta.pkl).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Pickle file to write.")] = None,
     variant: Annotated[str | None, typer.Option(help="iemocap or meld tuple variant (default: from the dataset's labels).")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help=_CACHE_HELP)] = None,

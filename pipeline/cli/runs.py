@@ -37,7 +37,8 @@ def runs(
     dirs: Annotated[list[Path] | None, typer.Argument(metavar="DIR", help="Run dirs, or folders searched for them (default runs/).", show_default=False)] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only these models (comma list).")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only these datasets (comma list).")] = None,
-    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by (default dev_wf1, best first); scores sort best first, other columns ascending. Sorting by test_wf1 is allowed only when asked.")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="Column to sort by (default dev_wf1, best first); scores sort best first, other columns"
+        " ascending. Sorting by test_wf1 is allowed only when asked.")] = None,
     reverse: Annotated[bool, typer.Option("--reverse", help="Flip the sort order.")] = False,
     format_: Annotated[str | None, typer.Option("--format", "-f", help="table (default), csv, md or json; csv/json hold fractions, table/md percent.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also write dev/test W-F1 per run with std error bars to FILE.png, and its data to FILE.csv.")] = None,

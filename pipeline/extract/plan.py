@@ -78,9 +78,6 @@ class Stage:
     def complete(self) -> bool:
         return not self.missing
 
-    @property
-    def n_missing_items(self) -> int:
-        return sum(t.n for t in self.tasks)
 
 
 @dataclass(frozen=True)

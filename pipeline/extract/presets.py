@@ -165,8 +165,3 @@ def materialise_tiny(spec: SlotSpec, cache_root: str | Path | None = None) -> Sl
                               + ", ".join(TINY_PREFIX + b for b in builders))
         config[k] = str(builders[name](weights_dir(cache_root) / f"tiny-{name}"))
     return replace(spec, config=config)
-
-
-def describe(preset: str) -> str:
-    """One line per slot, for --help style listings."""
-    return "\n".join(f"  {s.slot:6s} {s.extractor:10s} {dict(s.config)}  ({s.note})" for s in preset_slots(preset))

@@ -111,7 +111,9 @@ def predict(model, corpus: Corpus, view: View, batch_size: int, device: str, amp
                 out = model(batch)
             logits = out.logits.float()[sel.to(device)]
             loss_sum += float(F.cross_entropy(logits, batch.label[sel.to(device)], reduction="sum")) if len(logits) else 0.0
-            idxs.append(idx[sel]); golds.append(batch.label.cpu()[sel]); probs.append(torch.softmax(logits, -1).cpu())
+            idxs.append(idx[sel])
+            golds.append(batch.label.cpu()[sel])
+            probs.append(torch.softmax(logits, -1).cpu())
     idx = torch.cat(idxs).numpy() if idxs else np.zeros(0, np.int64)
     order = np.argsort(idx, kind="stable")
     pr = torch.cat(probs).numpy()[order] if probs else np.zeros((0, corpus.task.n_classes), np.float32)
