@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mer_pipe.common.config import parse_overrides
 from mer_pipe.common.errors import ConfigError
 
 DEFAULT_PRESET = "offline"
@@ -68,29 +69,19 @@ def preset_slots(name: str) -> tuple[SlotSpec, ...]:
         raise ConfigError(f"unknown --preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
-def parse_value(text: str) -> Any:
-    """YAML scalar parsing for --set values: '3' -> 3, 'true' -> True, 'null' -> None, paths stay strings."""
-    import yaml
-
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, (dict, list)) and not text.strip().startswith(("[", "{")) else value
-
-
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """'t.model=/path' -> ('t', 'model', '/path')."""
-    head, sep, raw = text.partition("=")
-    slot, dot, key = head.strip().partition(".")
-    if not sep or not dot or not slot or not key:
+    """'t.model=/path' -> ('t', 'model', '/path'), through the CLI's one KEY=VALUE parser (common/config.py)."""
+    head = text.partition("=")[0].strip()
+    if "." not in head:
         raise ConfigError(
             f"--set {text!r} is not SLOT.KEY=VALUE; e.g. --set t.model=/path/to/roberta-large, "
             "--set a.extractor=wav2vec2, --set v.batch_size=4"
         )
+    (slot, opts), = parse_overrides([text]).items()
     if not _SLOT_RE.match(slot):
         raise ConfigError(f"--set {text!r}: slot name {slot!r} must be letters, digits and _ (e.g. t, a, v, a_w2v)")
-    return slot, key.strip(), parse_value(raw.strip())
+    (key, value), = opts.items()
+    return slot, key, value
 
 
 def parse_only(only: str | Sequence[str] | None) -> list[str] | None:
