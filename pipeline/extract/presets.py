@@ -72,7 +72,7 @@ def preset_slots(name: str) -> tuple[SlotSpec, ...]:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """'t.model=/path' -> ('t', 'model', '/path'), through the CLI's one KEY=VALUE parser (common/config.py)."""
     head = text.partition("=")[0].strip()
-    if "." not in head:
+    if "." not in head or "=" not in text:
         raise ConfigError(
             f"--set {text!r} is not SLOT.KEY=VALUE; e.g. --set t.model=/path/to/roberta-large, "
             "--set a.extractor=wav2vec2, --set v.batch_size=4"
