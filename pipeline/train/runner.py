@@ -35,11 +35,11 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def usable_modalities(dataset: str, cache_dir: Path, slots: dict[str, str]) -> tuple[str, ...]:
-    """Modalities whose lock slot points at a feature set that has at least one extracted utterance."""
+    """Modalities whose lock slot is set (load_corpus then refuses a slot where every utterance failed)."""
     from mer_pipe.cache.store import FeatureStore
 
     lock = FeatureStore(cache_dir).read_lock(dataset)
-    return tuple(m for m in MODALITIES if slots.get(m, m) in lock and lock[slots.get(m, m)].get("n_ok", 1) > 0)
+    return tuple(m for m in MODALITIES if slots.get(m, m) in lock)
 
 
 def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log) -> RunConfig:
@@ -67,6 +67,7 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
     from mer_pipe.common.devices import resolve_device
 
     from .data import load_corpus
+    from .loop import fit
     from .progress import TrainProgress
     from .report import format_summary, write_run
 
@@ -86,8 +87,6 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
     try:
         for seed in cfg.seeds:
             for fold in folds:
-                from .loop import fit
-
                 bar.start(f"seed {seed}" + ("" if fold.name == "split" else f" {fold.name}"))
                 res = fit(cfg.model, cfg.model_config, corpus, cfg.modalities, fold, cfg.trainer, seed, device,
                           on_epoch=bar.epoch)
