@@ -7,6 +7,8 @@ Datasets inside a shard (N utterances, D feature dim):
            [sum T, D]   layout "ragged", with offsets [N+1] (utterance i is values[offsets[i]:offsets[i+1]])
   valid    [N]          bool; False rows failed (zeros, or length 0 when ragged)
   reasons  [N]          UTF-8 strings, why a row failed ("" when ok)
+  media    [N]          optional; JSON per failed row: the identity of its media file when it failed
+                        ({"path", "exists", "size", "mtime_ns"[, "sha256"]}), "" elsewhere
 Attributes: the caller's attrs (key, spec, provenance) plus layout, n, dim, dtype, format and a sha256
 checksum over ids + values + valid (+ offsets) so `verify` can detect altered data.
 """
@@ -47,6 +49,7 @@ class Shard:
     layout: str
     dim: int
     offsets: np.ndarray | None = field(default=None, repr=False)
+    media: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # failed id -> media identity
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -140,6 +143,76 @@ def _detect_layout(
                      "matching the extractor output or leave layout unset")
 
 
+def _check_rows(path: Path, ids: list[str], arrays: Sequence[np.ndarray | None], reasons: Mapping[str, str],
+                dtype: str, layout: str | None) -> list[np.ndarray | None]:
+    """Validate the write arguments; returns the arrays as numpy (None kept for failed rows)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"shard dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
+    if layout is not None and layout not in LAYOUTS:
+        raise ConfigError(f"shard layout {layout!r} is not supported; choose one of {', '.join(LAYOUTS)}")
+    if len(ids) != len(arrays):
+        raise CacheError(f"{path}: {len(ids)} ids but {len(arrays)} arrays; they must align")
+    dup = first_duplicate(ids)
+    if dup is not None:
+        raise CacheError(f"{path}: utterance id {dup!r} appears twice; ids must be unique")
+    out = [None if a is None else np.asarray(a) for a in arrays]
+    for uid, a in zip(ids, out):
+        if a is None and not reasons.get(uid):
+            raise CacheError(f"utterance {uid!r} has no features and no reason; pass reasons[{uid!r}] saying why it failed")
+        if a is not None and dtype == "float16" and a.size and float(np.nanmax(np.abs(a))) > _F16_MAX:
+            raise CacheError(f"utterance {uid!r}: values up to {float(np.nanmax(np.abs(a))):.3g} overflow float16; "
+                             "store this extractor with dtype float32")
+    return out
+
+
+def _pack_values(arrays: list[np.ndarray | None], layout: str, d: int,
+                 np_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """(values, offsets) in the stored layout: [N, D], [N, T, D], or ragged [sum T, D] + offsets [N+1]."""
+    n = len(arrays)
+    if layout in ("pooled", "sequence"):
+        shape = (n, d) if layout == "pooled" else (n, next((a.shape[0] for a in arrays if a is not None), 0), d)
+        values = np.zeros(shape, np_dtype)
+        for i, a in enumerate(arrays):
+            if a is not None:
+                values[i] = a
+        return values, None
+    lengths = np.array([0 if a is None else a.shape[0] for a in arrays], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    parts = [a.astype(np_dtype, copy=False) for a in arrays if a is not None]
+    values = np.concatenate(parts) if parts else np.zeros((0, d), np_dtype)
+    return values.reshape(-1, d), offsets
+
+
+def _encode_attrs(attrs: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """The caller's attrs as HDF5-storable values (dicts/lists as JSON) and the names stored as JSON."""
+    user_attrs = dict(attrs or {})
+    clash = sorted(set(user_attrs) & set(_RESERVED))
+    if clash:
+        raise CacheError(f"shard attrs {clash} are reserved (set by write_shard); rename them")
+    json_attrs = [k for k, v in user_attrs.items() if isinstance(v, (dict, list, tuple))]
+    for k in json_attrs:
+        user_attrs[k] = json.dumps(user_attrs[k], sort_keys=True)
+    for k, v in user_attrs.items():
+        if v is None or not isinstance(v, (str, int, float, bool, np.integer, np.floating)):
+            raise CacheError(f"shard attr {k!r} has unsupported type {type(v).__name__}; use str, number, bool, dict or list")
+    return user_attrs, json_attrs
+
+
+def _write_h5(path: Path, datasets: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+    """One HDF5 file, written under a temp name and renamed into place. String lists become UTF-8 datasets."""
+    import h5py
+
+    str_dt = h5py.string_dtype("utf-8")
+    # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
+        for name, data in datasets.items():
+            if isinstance(data, list):
+                f.create_dataset(name, data=np.array(data, dtype=object), dtype=str_dt)
+            else:
+                f.create_dataset(name, data=data)
+        f.attrs.update(attrs)
+
+
 def write_shard(
     path: str | os.PathLike[str],
     ids: Sequence[str],
@@ -150,83 +223,34 @@ def write_shard(
     attrs: Mapping[str, Any] | None = None,
     layout: str | None = None,
     dim: int | None = None,
+    media: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a shard atomically (temp file in the same folder + os.replace) and return its path.
 
     arrays[i] is [D], [T, D] or None (failed; reasons[ids[i]] says why). `layout`/`dim` are optional
     hints: needed only when every row failed, and `layout="ragged"` forces ragged storage.
-    Dict/list attrs are stored as JSON and decoded again by read_shard.
+    Dict/list attrs are stored as JSON and decoded again by read_shard. `media[id]`: the identity of a
+    failed utterance's media file when it failed (path, size, mtime_ns, optional sha256), kept as JSON.
     """
-    import h5py
-
     path = Path(path)
     ids = [str(i) for i in ids]
-    if dtype not in DTYPES:
-        raise ConfigError(f"shard dtype {dtype!r} is not supported; choose one of {', '.join(DTYPES)}")
-    if layout is not None and layout not in LAYOUTS:
-        raise ConfigError(f"shard layout {layout!r} is not supported; choose one of {', '.join(LAYOUTS)}")
-    if len(ids) != len(arrays):
-        raise CacheError(f"{path}: {len(ids)} ids but {len(arrays)} arrays; they must align")
-    dup = first_duplicate(ids)
-    if dup is not None:
-        raise CacheError(f"{path}: utterance id {dup!r} appears twice; ids must be unique")
-    arrays = [None if a is None else np.asarray(a) for a in arrays]
-    for uid, a in zip(ids, arrays):
-        if a is None and not reasons.get(uid):
-            raise CacheError(f"utterance {uid!r} has no features and no reason; pass reasons[{uid!r}] saying why it failed")
-        if a is not None and dtype == "float16" and a.size and float(np.nanmax(np.abs(a))) > _F16_MAX:
-            raise CacheError(f"utterance {uid!r}: values up to {float(np.nanmax(np.abs(a))):.3g} overflow float16; "
-                             "store this extractor with dtype float32")
-    user_attrs = dict(attrs or {})
-    clash = sorted(set(user_attrs) & set(_RESERVED))
-    if clash:
-        raise CacheError(f"shard attrs {clash} are reserved (set by write_shard); rename them")
-
+    arrays = _check_rows(path, ids, arrays, reasons, dtype, layout)
+    user_attrs, json_attrs = _encode_attrs(attrs)
     layout, d = _detect_layout(ids, arrays, layout, dim)
-    np_dtype = np.dtype(dtype)
-    n = len(ids)
+    values, offsets = _pack_values(arrays, layout, d, np.dtype(dtype))
     valid = np.array([a is not None for a in arrays], dtype=np.bool_)
-    offsets = None
-    if layout == "pooled":
-        values = np.zeros((n, d), np_dtype)
-        for i, a in enumerate(arrays):
-            if a is not None:
-                values[i] = a
-    elif layout == "sequence":
-        t = next((a.shape[0] for a in arrays if a is not None), 0)
-        values = np.zeros((n, t, d), np_dtype)
-        for i, a in enumerate(arrays):
-            if a is not None:
-                values[i] = a
-    else:
-        lengths = np.array([0 if a is None else a.shape[0] for a in arrays], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        parts = [a.astype(np_dtype, copy=False) for a in arrays if a is not None]
-        values = np.concatenate(parts) if parts else np.zeros((0, d), np_dtype)
-        values = values.reshape(-1, d)
-    reason_list = ["" if v else str(reasons.get(uid, "")) for uid, v in zip(ids, valid)]
-
-    json_attrs = [k for k, v in user_attrs.items() if isinstance(v, (dict, list, tuple))]
-    for k in json_attrs:
-        user_attrs[k] = json.dumps(user_attrs[k], sort_keys=True)
-    for k, v in user_attrs.items():
-        if v is None or not isinstance(v, (str, int, float, bool, np.integer, np.floating)):
-            raise CacheError(f"shard attr {k!r} has unsupported type {type(v).__name__}; use str, number, bool, dict or list")
-
-    str_dt = h5py.string_dtype("utf-8")
-    # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
-        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=str_dt)
-        f.create_dataset("values", data=values)
-        f.create_dataset("valid", data=valid)
-        f.create_dataset("reasons", data=np.array(reason_list, dtype=object), dtype=str_dt)
-        if offsets is not None:
-            f.create_dataset("offsets", data=offsets)
-        for k, v in user_attrs.items():
-            f.attrs[k] = v
-        f.attrs["_json_attrs"] = json.dumps(json_attrs)
-        f.attrs.update({"layout": layout, "n": n, "dim": d, "dtype": dtype, "format": FORMAT_VERSION,
-                        "checksum": content_checksum(ids, values, valid, offsets)})
+    datasets: dict[str, Any] = {
+        "ids": ids, "values": values, "valid": valid,
+        "reasons": ["" if v else str(reasons.get(uid, "")) for uid, v in zip(ids, valid)],
+    }
+    if offsets is not None:
+        datasets["offsets"] = offsets
+    if media:
+        datasets["media"] = ["" if v or uid not in media else json.dumps(dict(media[uid]), sort_keys=True)
+                             for uid, v in zip(ids, valid)]
+    _write_h5(path, datasets, {
+        **user_attrs, "_json_attrs": json.dumps(json_attrs), "layout": layout, "n": len(ids), "dim": d,
+        "dtype": dtype, "format": FORMAT_VERSION, "checksum": content_checksum(ids, values, valid, offsets)})
     return path
 
 
@@ -261,6 +285,7 @@ def read_shard(path: str | os.PathLike[str], *, values: bool = True, verify: boo
             valid = np.asarray(f["valid"][()], dtype=np.bool_)
             reason_arr = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["reasons"][()]]
             offsets = np.asarray(f["offsets"][()], dtype=np.int64) if layout == "ragged" else None
+            media_arr = [s.decode("utf-8") if isinstance(s, bytes) else s for s in f["media"][()]] if "media" in f else []
             vals: np.ndarray | list[np.ndarray]
             if values:
                 flat = f["values"][()]
@@ -272,8 +297,12 @@ def read_shard(path: str | os.PathLike[str], *, values: bool = True, verify: boo
     if len(valid) != len(ids) or len(reason_arr) != len(ids) or (offsets is not None and len(offsets) != len(ids) + 1):
         raise CorruptShard(str(path), f"shard {path} is inconsistent (ids, valid, reasons or offsets differ in length); {fix}")
     reasons = {uid: r for uid, r, ok in zip(ids, reason_arr, valid) if not ok}
+    try:
+        media = {uid: json.loads(m) for uid, m in zip(ids, media_arr) if m}
+    except json.JSONDecodeError:
+        raise CorruptShard(str(path), f"shard {path} has unreadable media records; {fix}") from None
     shard = Shard(path=path, ids=ids, values=vals, valid=valid, reasons=reasons, attrs=attrs,
-                  layout=layout, dim=dim, offsets=offsets)
+                  layout=layout, dim=dim, offsets=offsets, media=media)
     if verify and values and attrs.get("checksum") and shard.checksum() != attrs["checksum"]:
         raise CorruptShard(str(path), f"shard {path} fails its checksum (bytes changed on disk); {fix}")
     return shard
