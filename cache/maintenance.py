@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from mer_pipe.common.errors import CacheError
-from mer_pipe.common.files import TMP_MARK
+from mer_pipe.common.files import TMP_MARK, identity_changed, temp_writer_dead
 
+from .runlock import RunLock
 from .shard import read_shard
 from .store import SHARD_RE, SPEC_FILE, FeatureStore
 
@@ -70,7 +70,7 @@ class Problem:
 
 
 PROBLEM_KINDS = ("unreadable", "checksum", "key-mismatch", "missing-shard", "stray-shard", "missing-spec",
-                 "dangling-lock")
+                 "dangling-lock", "media-changed")
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,24 @@ def _is_feature_set(path: Path) -> bool:
         return False
 
 
-def iter_feature_sets(store: FeatureStore, dataset: str | None = None) -> Iterator[tuple[str, str, str, Path]]:
+def _subdirs(path: Path, follow_symlinks: bool) -> list[Path]:
+    return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_dir()
+                  and (follow_symlinks or not p.is_symlink()))
+
+
+def iter_feature_sets(store: FeatureStore, dataset: str | None = None, *,
+                      follow_symlinks: bool = True) -> Iterator[tuple[str, str, str, Path]]:
     """(dataset, extractor, key, folder) of every folder that holds a spec or shards; other folders are
-    never touched, so files the pipeline keeps next to the manifest are safe from gc."""
+    never touched, so files the pipeline keeps next to the manifest are safe from gc.
+    `follow_symlinks=False` (gc) skips symlinked dataset, extractor and key folders: they may lead out
+    of the cache."""
     datasets = [dataset] if dataset is not None else store.datasets()
     for ds in datasets:
         ddir = store.dataset_dir(ds)
-        if not ddir.is_dir():
+        if not ddir.is_dir() or (not follow_symlinks and ddir.is_symlink()):
             continue
-        for edir in sorted(p for p in ddir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for kdir in sorted(p for p in edir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for edir in _subdirs(ddir, follow_symlinks):
+            for kdir in _subdirs(edir, follow_symlinks):
                 if _is_feature_set(kdir):
                     yield ds, edir.name, kdir.name, kdir
 
@@ -230,6 +238,13 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
             stored = sh.attrs.get("checksum")
             if stored != sh.checksum():
                 add("checksum", path, "content checksum does not match: the data was altered after writing")
+            changed = [uid for uid, rec in sh.media.items() if identity_changed(rec)]
+            if changed:
+                eg = sh.media[changed[0]].get("path")
+                add("media-changed", path,
+                    f"{len(changed)} utterance(s) recorded as failed have different media now (e.g. {changed[0]!r}: {eg})",
+                    f"re-extract the failed utterances of {ds} (a feature run that retries failed utterances "
+                    "recomputes only these shards)")
         if n_expected is not None:
             for i in sorted(set(range(n_expected)) - present):
                 add("missing-shard", fdir / f"shard-{i:05d}-of-{n_expected:05d}.h5",
@@ -251,69 +266,98 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
     return problems
 
 
-def _writer_dead(name: str) -> bool:
-    """True when a temp file's writer ran on this host and its process is gone."""
+def _inside(path: Path, root: Path) -> bool:
+    """`path` lies under `root` and no part of it below `root` is a symlink."""
     try:
-        host, pid, _ = name.split(TMP_MARK, 1)[1].rsplit("-", 2)
-        pid_i = int(pid)
+        rel = path.relative_to(root)
     except ValueError:
         return False
-    if host != socket.gethostname():
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return True
+
+
+def _remove_set(fdir: Path, root: Path) -> bool:
+    """Delete a feature set while holding its run lock, so no run can start on it meanwhile.
+    False when a run holds it (or it is not a plain folder inside the cache)."""
+    if not _inside(fdir, root) or not fdir.is_dir():
+        return False
+    lock = RunLock(fdir, write_record=False)
+    if not lock.try_acquire():
         return False
     try:
-        os.kill(pid_i, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
+        shutil.rmtree(fdir, ignore_errors=True)
+    finally:
+        lock.release()
+    try:
+        fdir.parent.rmdir()  # the extractor folder, once it holds no other key
+    except OSError:
+        pass
+    return True
+
+
+def _in_use(fdir: Path) -> bool:
+    """A live feature run holds the set's run lock (it planned the set, or is writing it)."""
+    lock = RunLock(fdir, write_record=False)
+    if not lock.path.is_file():
         return False
-    return False
+    if lock.try_acquire():
+        lock.release()
+        return False
+    return True
 
 
 def gc(store: FeatureStore, *, dry_run: bool = True, grace_s: float = 600.0) -> list[Path]:
     """Feature sets no lock refers to, plus stale temp files; removed only when dry_run is False.
 
-    Anything written in the last `grace_s` seconds is kept: a feature run sets its lock only after its
-    last shard, so a young unlocked set may be in progress. Temp files of a dead local writer go at once.
+    Never collected: a set a live feature run holds (its run lock, `cache/runlock.py`: held from planning
+    until the slots are locked, however long the run), anything written in the last `grace_s` seconds
+    (a run from before run locks existed), and anything reached through a symlink (it may point out of
+    the cache). Temp files of a dead writer on this host go at once, others after `grace_s`.
     """
     now = time.time()
+    root = store.root
     victims: list[Path] = []
     locks: dict[str, set[tuple[str, str]]] = {}
-    for ds, ex, key, fdir in iter_feature_sets(store):
+    for ds, ex, key, fdir in iter_feature_sets(store, follow_symlinks=False):
         if ds not in locks:
             try:
                 locks[ds] = {(str(e.get("extractor")), str(e.get("key"))) for e in store.read_lock(ds).values()}
             except CacheError:
                 locks[ds] = {("*", "*")}  # an unreadable lock protects everything until it is fixed
-        if (ex, key) in locks[ds] or ("*", "*") in locks[ds]:
+        if (ex, key) in locks[ds] or ("*", "*") in locks[ds] or _in_use(fdir):
             continue
         if now - _tree_stats(fdir)[2] >= grace_s:
             victims.append(fdir)
     dirs = set(victims)
-    if store.root.is_dir():
-        for dirpath, _, names in os.walk(store.root):
+    if root.is_dir():
+        for dirpath, _, names in os.walk(root):  # os.walk does not descend into symlinked folders
             if any(Path(dirpath).is_relative_to(d) for d in dirs):
                 continue
             for name in names:
-                if TMP_MARK not in name:
-                    continue
                 p = Path(dirpath) / name
+                if TMP_MARK not in name or p.is_symlink():
+                    continue
                 try:
                     old = now - p.stat().st_mtime >= grace_s
                 except FileNotFoundError:
                     continue
-                if old or _writer_dead(name):
+                if old or temp_writer_dead(name):
                     victims.append(p)
-    if not dry_run:
-        for p in victims:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                try:
-                    p.parent.rmdir()  # the extractor folder, once it holds no other key
-                except OSError:
-                    pass
-            else:
-                p.unlink(missing_ok=True)
-    return sorted(victims)
+    if dry_run:
+        return sorted(victims)
+    removed = []
+    for p in victims:
+        if p in dirs:
+            if _remove_set(p, root):
+                removed.append(p)
+        elif _inside(p, root):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return sorted(removed)
 
 
 def du(store: FeatureStore) -> list[DiskUsage]:
