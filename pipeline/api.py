@@ -122,3 +122,75 @@ def demo(out: str | Path, *, log: Log = print, device: str | None = "cpu") -> Tr
         f"curves.png); re-score with `mer-pipe evaluate {result.run_dir}`")
     log(DEMO_READING)
     return result
+
+
+def sweep(model: str | None = None, dataset: str | None = None, *, grid: Sequence[str] = (),
+          config_file: str | Path | None = None, sets: Sequence[str] = (), modalities: str | Sequence[str] | None = None,
+          seeds: str | Sequence[int] | None = None, epochs: int | None = None, protocol: str | None = None,
+          select_on: str | None = None, device: str | None = None, profile: str | None = None,
+          slots: dict[str, str] | None = None, out: str | Path | None = None, cache_dir: str | Path | None = None,
+          executor: str | None = None, workers: int | None = None, threads: int | None = None,
+          scheduler: str | None = None, dry_run: bool = False, log: Log = print) -> Any:
+    """Train every (grid point, seed) on an executor, select per model on dev; see pipeline/train/sweep.py.
+    Every option and every grid point is validated before the first run starts. Returns a SweepResult
+    (None with dry_run, which prints the plan)."""
+    import dataclasses
+    import os
+
+    from mer_pipe.common.errors import ConfigError
+    from mer_pipe.pipeline.extract.executors import ExecutorConfig, SerialExecutor, make_executor
+    from mer_pipe.pipeline.train import sweep as sw
+    from mer_pipe.pipeline.train.runner import resolve_modalities
+    from mer_pipe.pipeline.train.sweepspec import SweepSpec, expand, load_sweep_file, parse_grid
+
+    ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind), workers=workers,
+                            scheduler=scheduler)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} must be >= 1")
+    base, file_sets, blocks = load_sweep_file(config_file)
+    cli_grid = parse_grid(grid)
+    if cli_grid:  # --grid keys replace the same keys of the file's grid (every block)
+        blocks = [{**{k: v for k, v in b.items() if k not in cli_grid}, **cli_grid} for b in blocks] or [cli_grid]
+    flags = {"model": model, "dataset": dataset, "modalities": parse_list(modalities, "modalities", "t,a,v"),
+             "seeds": parse_list(seeds, "seeds", "0,1,2"), "epochs": epochs, "protocol": protocol,
+             "select_on": select_on, "device": device, "profile": profile, "slots": slots or None}
+    spec = SweepSpec(base=base, sets=[*file_sets, *sets], flags={k: v for k, v in flags.items() if v is not None},
+                     grid=blocks)
+    points = expand(spec)  # every point resolved and validated; torch is imported from here on
+    root = cache_root(cache_dir)
+    quiet: Log = lambda s: None  # noqa: E731
+    points = [dataclasses.replace(p, config=resolve_modalities(p.config, root, quiet)) for p in points]
+    features = {p.id: sw.feature_keys(p.config, root) for p in points}
+    run_seeds = list(points[0].config.seeds)
+    sweep_dir = Path(out) if out is not None else sw.default_sweep_dir(points, run_seeds)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"--out {sweep_dir} is a file; give a directory for the sweep")
+    device_req = points[0].config.device
+    gpus = 0
+    if not ex_cfg.scheduler:
+        from mer_pipe.common.devices import resolve_device
+
+        if resolve_device(device_req).startswith("cuda"):  # no GPU for an explicit cuda -> ConfigError now
+            import torch
+
+            gpus = 1 if device_req.startswith("cuda:") else torch.cuda.device_count()
+    _, pending = sw.plan_tasks(points, features, sweep_dir, root, threads=1, gpus=gpus, device=device_req)
+    n_workers, n_threads = sw.plan_workers(ex_cfg.kind, len(pending), cores=os.cpu_count() or 1, gpus=gpus,
+                                           workers=workers, threads=threads, scheduler=bool(ex_cfg.scheduler))
+    definition = {"model": model, "dataset": points[0].config.dataset, "config_file": str(config_file or ""),
+                  "sets": list(spec.sets), "grid": spec.describe_grid(), "seeds": run_seeds,
+                  "select_on": points[0].config.select_on, "protocol": points[0].config.protocol,
+                  "device": device_req, "executor": ex_cfg.kind, "workers": n_workers}
+    if dry_run:
+        n = sum(len(p.config.seeds) for p in points)
+        for p in points:
+            log(f"{p.id}  {p.config.model:12} {p.label}")
+        log(f"{len(points)} config(s) x {len(run_seeds)} seed(s) = {n} runs, {len(pending)} to run "
+            f"({ex_cfg.kind}, {n_workers} worker(s) x {n_threads} torch thread(s)); sweep dir {sweep_dir}")
+        return None
+    ex = SerialExecutor() if not pending else make_executor(dataclasses.replace(ex_cfg, workers=n_workers))
+    with ex:
+        if ex.name == "serial" and ex_cfg.kind != "serial":  # a local cluster that did not start
+            n_threads = threads or (os.cpu_count() or 1)
+        return sw.run_sweep(points, features, sweep_dir=sweep_dir, cache_dir=root, executor=ex, threads=n_threads,
+                            gpus=gpus, device=device_req, definition=definition, log=log)

@@ -35,6 +35,7 @@ def _compose() -> None:
     from . import runs as commands_runs
 
     app.add_typer(commands_runs.runs_app, name="runs")
+    from . import sweep as commands_sweep; app.command("sweep")(commands_sweep.sweep)  # noqa: E702
 
 
 def _interrupted(exc: BaseException) -> None:

@@ -1,0 +1,445 @@
+"""Sweeps: many (config, seed) runs on one executor, selection on dev, one sweep.json that says it all.
+
+Layout of a sweep directory (one run dir per (config, seed), so every task is independent, resumable and
+parallel; a finished config also gets a seed-aggregate dir that `mer-pipe runs` lists as one row):
+
+    SWEEP/sweep.json                         grid, every task's state, the per-config table and the selection
+    SWEEP/sweep.md                           the same tables for people
+    SWEEP/configs/c01-<key8>/seed-0/         a normal run dir (mer-pipe train's files + sweep_task.json)
+    SWEEP/configs/c01-<key8>/metrics.json    mean ± std over the config's seeds (+ config.yaml, predictions.csv)
+
+A task is reused when its run dir holds a complete metrics.json, its sweep_task.json carries the same task key
+(resolved config without seeds/device + seed + feature keys) and the features it read are still those keys.
+Selection: per model, the config with the highest mean selection-set (dev) weighted F1 over its seeds; ties go
+to the earlier grid point. Test is reported for the chosen config; the test scores of all configs are written
+apart, marked not for selection.
+
+Tasks go through an executor (pipeline/extract/executors.py, handed in by pipeline/api.py): serial, a local
+dask cluster, or a scheduler. Each task pins torch to `threads` threads; on a local GPU cluster each worker
+takes the GPU of its index (one run per GPU), on a scheduler whose workers advertise a `GPU` resource every
+task asks for one.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from mer_pipe.common.errors import CacheError, ConfigError, DiskFullError, MerPipeError
+
+from .protocols import protocol_notes
+from .runconfig import RunConfig
+from .sweepspec import Point, task_key
+
+Log = Callable[[str], None]
+SWEEP_FILE = "sweep.json"
+TASK_FILE = "sweep_task.json"
+FORMAT = 1
+SCALARS = ("accuracy", "weighted_f1", "macro_f1")
+NOT_FOR_SELECTION = ("NOT FOR SELECTION: test scores of every config, for reading after the choice was made on "
+                     "the selection set; picking a config from this table is selecting on test")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One (config, seed) run: plain data only, so it pickles cheaply to a dask worker."""
+
+    config_id: str
+    label: str
+    seed: int
+    key: str
+    config_key: str
+    config: dict[str, Any]  # RunConfig.to_dict() with seeds [seed]
+    out: str
+    cache_dir: str
+    threads: int
+    gpus: int = 0  # > 1: local cluster with one worker per GPU; the worker's index picks its GPU
+    device: str = "auto"
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    state: dict[str, Any]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        return self.state["selection"]
+
+
+# ---- the task (runs in a worker) ---------------------------------------------------------------------------
+
+def task_device(task: Task) -> str:
+    """cpu, or the CUDA device this worker should use (see the module docstring)."""
+    if task.device == "cpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        if task.device == "auto":
+            return "cpu"
+        raise ConfigError(f"--device {task.device}: this worker sees no CUDA device; use --device auto or cpu")
+    if task.device.startswith("cuda:"):
+        return task.device
+    if task.gpus > 1:
+        with contextlib.suppress(ImportError, ValueError):
+            from distributed import get_worker
+
+            return f"cuda:{int(get_worker().name) % task.gpus}"
+    return "cuda"
+
+
+def run_task(task: Task) -> dict[str, Any]:
+    """Train one (config, seed) into task.out; returns the task's state (failures are returned, not raised,
+    so one diverging config does not stop the sweep)."""
+    import socket
+
+    import torch
+
+    from mer_pipe.common.files import write_json_atomic
+
+    from .runner import run_training
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(task.threads)
+    t0 = time.perf_counter()
+    info = {"key": task.key, "host": socket.gethostname(), "pid": os.getpid(), "threads": task.threads}
+    try:
+        device = task_device(task)
+        cfg = RunConfig.from_dict({**task.config, "device": device})
+        out = Path(task.out)
+        write_json_atomic(out / TASK_FILE, {"key": task.key, "config_key": task.config_key, "config": task.config_id,
+                                            "label": task.label, "seed": task.seed})
+        run_training(cfg, out=out, cache_dir=Path(task.cache_dir), overwrite=True, log=lambda s: None, progress=False)
+    except DiskFullError:
+        raise
+    except (MerPipeError, RuntimeError, ValueError) as exc:  # RuntimeError: CUDA out of memory, NaN checks
+        return {**info, "state": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
+                "seconds": time.perf_counter() - t0}
+    finally:
+        torch.set_num_threads(before)
+    return {**info, "state": "done", "device": device, "seconds": time.perf_counter() - t0}
+
+
+# ---- planning (driver) -------------------------------------------------------------------------------------
+
+def feature_keys(cfg: RunConfig, cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """modality -> {slot, extractor, key} from the lock, for every modality the config reads."""
+    from mer_pipe.cache.store import FeatureStore
+    from mer_pipe.pipeline.corpus.hints import features_command
+
+    lock = FeatureStore(cache_dir).read_lock(cfg.dataset)
+    out = {}
+    for m in cfg.modalities:
+        slot = cfg.slots.get(m, m)
+        if slot not in lock:
+            raise CacheError(f"dataset {cfg.dataset!r} has no features in lock slot {slot!r} (modality {m}); run "
+                             f"`{features_command(cfg.dataset, slot, cache_dir)}` first or drop {m} from --modalities")
+        out[m] = {"slot": slot, "extractor": lock[slot].get("extractor"), "key": lock[slot].get("key")}
+    return out
+
+
+def sweep_key(points: Sequence[Point], seeds: Sequence[int]) -> str:
+    import hashlib
+
+    from .sweepspec import config_key
+
+    ident = ",".join(config_key(p.config, {}) for p in points) + "|" + ",".join(map(str, seeds))
+    return hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
+def default_sweep_dir(points: Sequence[Point], seeds: Sequence[int], base: str | Path = "runs") -> Path:
+    """runs/sweeps/DATASET-MODEL-<key8>: the same sweep gets the same dir, so rerunning the command resumes it."""
+    models = sorted({p.config.model for p in points})
+    model = models[0] if len(models) == 1 else f"{len(models)}models"
+    return Path(base) / "sweeps" / f"{points[0].config.dataset}-{model}-{sweep_key(points, seeds)}"
+
+
+def plan_workers(kind: str, n_tasks: int, *, cores: int, gpus: int, workers: int | None, threads: int | None,
+                 scheduler: bool) -> tuple[int, int]:
+    """(worker processes, torch threads per run). Processes x threads never exceed the cores on a local
+    machine: two 2-thread runs on 2 cores are several times slower than one after the other."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers} must be >= 1")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads {threads} must be >= 1")
+    if kind == "serial":
+        return 1, threads or cores
+    if scheduler:
+        return workers or 1, threads or 1  # the remote workers' own --nthreads decide concurrency
+    if gpus:
+        n = workers or gpus
+        return n, threads or max(1, cores // n)
+    t = threads or 1
+    n = workers or max(1, min(n_tasks, cores // t))
+    if n * t > cores:
+        raise ConfigError(f"--workers {n} x --threads {t} = {n * t} torch threads on {cores} cores oversubscribes "
+                          f"the machine (every run slows down several times); use --workers {max(1, cores // t)} "
+                          f"or --threads {max(1, cores // n)}")
+    return n, t
+
+
+def _seed_dir(sweep_dir: Path, point: Point, ckey: str, seed: int) -> Path:
+    return sweep_dir / "configs" / f"{point.id}-{ckey[:8]}" / f"seed-{seed}"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def finished(run_dir: Path, key: str, features: Mapping[str, Any]) -> bool:
+    """A complete run of exactly this task (same key, same feature keys) is in run_dir."""
+    ident, met = _read_json(run_dir / TASK_FILE), _read_json(run_dir / "metrics.json")
+    if not isinstance(ident, dict) or not isinstance(met, dict) or ident.get("key") != key or met.get("complete") is not True:
+        return False
+    got = met.get("features") or {}
+    return all(isinstance(got.get(m), dict) and got[m].get("key") == f["key"] for m, f in features.items())
+
+
+def _find_finished(sweep_dir: Path, point: Point, ckey: str, seed: int, key: str, features) -> Path | None:
+    """The run dir of this task if some earlier sweep in this dir finished it (grid order may have changed)."""
+    here = _seed_dir(sweep_dir, point, ckey, seed)
+    for d in [here, *sorted((sweep_dir / "configs").glob(f"*-{ckey[:8]}/seed-{seed}"))]:
+        if finished(d, key, features):
+            return d
+    return None
+
+
+def plan_tasks(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]], sweep_dir: Path, cache_dir: Path,
+               *, threads: int, gpus: int, device: str) -> tuple[list[dict[str, Any]], list[Task]]:
+    """Config records (with their seeds' tasks and run dirs) and the tasks still to run."""
+    configs, pending = [], []
+    for p in points:
+        ckey = p.key(features[p.id])
+        entry = {"id": p.id, "label": p.label, "values": p.values, "model": p.config.model,
+                 "modalities": list(p.config.modalities), "key": ckey, "features": features[p.id],
+                 "dir": str(_seed_dir(sweep_dir, p, ckey, 0).parent.relative_to(sweep_dir)), "tasks": []}
+        for seed in p.config.seeds:
+            key = task_key(ckey, seed)
+            done = _find_finished(sweep_dir, p, ckey, seed, key, features[p.id])
+            run_dir = done or _seed_dir(sweep_dir, p, ckey, seed)
+            entry["tasks"].append({"seed": seed, "key": key, "dir": str(run_dir.relative_to(sweep_dir)),
+                                   "state": "reused" if done else "pending"})
+            if not done:
+                cfg = RunConfig.from_dict({**p.config.to_dict(), "seeds": [seed]}).to_dict()
+                pending.append(Task(p.id, p.label, seed, key, ckey, cfg, str(run_dir), str(cache_dir), threads,
+                                    gpus, device))
+        configs.append(entry)
+    return configs, pending
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+
+def _seed_metrics(sweep_dir: Path, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in entry["tasks"]:
+        if t["state"] in ("done", "reused"):
+            met = _read_json(sweep_dir / t["dir"] / "metrics.json")
+            if isinstance(met, dict):
+                out.append(met)
+    return out
+
+
+def _agg(values: Sequence[float]) -> dict[str, float]:
+    from .metrics import aggregate
+
+    return aggregate(values)
+
+
+def config_row(sweep_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-config scores over its finished seeds: selection set ('sel') and test, mean ± std."""
+    mets = _seed_metrics(sweep_dir, entry)
+    row = {"config": entry["id"], "label": entry["label"], "model": entry["model"], "dir": entry["dir"],
+           "seeds_done": len(mets), "seeds": len(entry["tasks"]), "complete": len(mets) == len(entry["tasks"])}
+    for part, name in (("dev", "sel"), ("test", "test")):
+        for k in SCALARS:
+            row[f"{name}_{k}"] = _agg([m["aggregate"][part][k]["mean"] for m in mets]) if mets else None
+    row["seconds"] = float(sum(r.get("seconds", 0.0) for m in mets for r in m.get("runs", [])))
+    return row
+
+
+def select(rows: Sequence[Mapping[str, Any]], select_on: str) -> dict[str, Any]:
+    """Per model: the complete config with the best mean selection-set W-F1 (ties: earlier grid point)."""
+    by_model: dict[str, Any] = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cands = [r for r in rows if r["model"] == model and r["complete"] and r["sel_weighted_f1"] is not None]
+        if not cands:
+            by_model[model] = None
+            continue
+        best = max(cands, key=lambda r: (r["sel_weighted_f1"]["mean"], -rows.index(r)))
+        by_model[model] = {"config": best["config"], "label": best["label"], "dir": best["dir"],
+                           "selection_weighted_f1": best["sel_weighted_f1"],
+                           "test": {k: best[f"test_{k}"] for k in SCALARS}}
+    return {"on": select_on, "metric": f"mean {select_on} weighted F1 over seeds", "tie_break": "earlier grid point",
+            "by_model": by_model}
+
+
+def write_config_aggregate(sweep_dir: Path, entry: Mapping[str, Any], cfg: RunConfig, notes: Sequence[str]) -> None:
+    """configs/<id>/metrics.json, config.yaml, predictions.csv over all seeds: `mer-pipe runs` lists the config
+    as one run (mean ± std over seeds) and `runs compare` pairs two configs seed by seed."""
+    from mer_pipe.common.files import write_json_atomic, write_text_atomic
+
+    from .report import yaml_block
+    from .runconfig import config_yaml
+
+    mets = _seed_metrics(sweep_dir, entry)
+    if len(mets) != len(entry["tasks"]):
+        return
+    out = sweep_dir / entry["dir"]
+    seeds = [int(m["seeds"][0]) for m in mets]
+    per_seed = {str(s): m["per_seed"][str(s)] for s, m in zip(seeds, mets)}
+    agg: dict[str, Any] = {}
+    for part in ("dev", "test"):
+        agg[part] = {k: _agg([per_seed[str(s)][part][k] for s in seeds]) for k in SCALARS}
+        names = list(mets[0]["aggregate"][part]["per_class"])
+        agg[part]["per_class"] = {n: {q: _agg([m["aggregate"][part]["per_class"][n][q]["mean"] for m in mets])
+                                      for q in ("precision", "recall", "f1")} for n in names}
+        agg[part]["confusion_sum"] = np.sum([m["aggregate"][part]["confusion_sum"] for m in mets], axis=0).tolist()
+    meta = {"cache_dir": mets[0].get("cache_dir"), "features": mets[0].get("features")}
+    metrics = {"model": cfg.model, "dataset": cfg.dataset, "modalities": list(cfg.modalities), "protocol": cfg.protocol,
+               "select_on": cfg.select_on, "complete": True, "seeds_planned": seeds,
+               "wall_seconds": float(sum(m.get("wall_seconds", 0.0) for m in mets)), **meta,
+               "notes": list(notes), "seeds": seeds, "runs": [r for m in mets for r in m["runs"]],
+               "per_seed": per_seed, "aggregate": agg,
+               "sweep": {"config": entry["id"], "label": entry["label"], "seed_dirs": [t["dir"] for t in entry["tasks"]]}}
+    write_text_atomic(out / "config.yaml", config_yaml(cfg, notes) + yaml_block(meta))
+    write_json_atomic(out / "metrics.json", metrics, sort_keys=False)
+    lines: list[str] = []
+    for t in entry["tasks"]:
+        text = (sweep_dir / t["dir"] / "predictions.csv").read_text(encoding="utf-8").splitlines()
+        lines += text if not lines else text[1:]
+    write_text_atomic(out / "predictions.csv", "\n".join(lines) + "\n")
+
+
+def _pct(a: Mapping[str, float] | None) -> str:
+    if not a:
+        return "-"
+    return f"{100 * a['mean']:.2f}" + (f" ± {100 * a['std']:.2f}" if a.get("n", 1) > 1 else "")
+
+
+def format_tables(state: Mapping[str, Any]) -> str:
+    """The selection table (selection set only), the choice with its test score, then the separate test table."""
+    sel_on = state["selection"]["on"]
+    rows = state["configs_table"]
+    chosen = {v["config"] for v in state["selection"]["by_model"].values() if v}
+    w = max([len(r["label"]) for r in rows] + [6])
+    lines = [*state.get("notes", []),
+             f"selection on {sel_on}: mean {sel_on} W-F1 over seeds (%), per config; * = chosen per model",
+             f"  {'config':7} {'model':12} {'grid point':{w}}  {sel_on + ' W-F1':>15}  seeds"]
+    for r in rows:
+        mark = "*" if r["config"] in chosen else " "
+        lines.append(f"{mark} {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['sel_weighted_f1']):>15}  "
+                     f"{r['seeds_done']}/{r['seeds']}")
+    lines.append("")
+    for model, v in state["selection"]["by_model"].items():
+        if v is None:
+            lines.append(f"{model}: no config finished all its seeds; nothing chosen")
+            continue
+        t = v["test"]
+        lines.append(f"chosen for {model}: {v['config']} ({v['label']}): {sel_on} W-F1 "
+                     f"{_pct(v['selection_weighted_f1'])}; test W-F1 {_pct(t['weighted_f1'])}, "
+                     f"acc {_pct(t['accuracy'])}, macro-F1 {_pct(t['macro_f1'])}  [{v['dir']}]")
+    lines += ["", NOT_FOR_SELECTION, f"  {'config':7} {'model':12} {'grid point':{w}}  {'test W-F1':>15}  {'test acc':>15}"]
+    for r in rows:
+        lines.append(f"  {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['test_weighted_f1']):>15}  "
+                     f"{_pct(r['test_accuracy']):>15}")
+    return "\n".join(lines)
+
+
+# ---- the driver --------------------------------------------------------------------------------------------
+
+def _gpu_annotation(executor: Any, device: str) -> contextlib.AbstractContextManager:
+    """On a dask cluster whose workers advertise a GPU resource (`dask worker --resources GPU=1`), every task
+    that may use CUDA asks for one GPU, so each worker runs one at a time and CPU-only workers get none."""
+    if getattr(executor, "name", "") != "dask" or device == "cpu":
+        return contextlib.nullcontext()
+    import dask
+    from distributed import default_client
+
+    workers = default_client().scheduler_info().get("workers", {}).values()
+    if any("GPU" in (w.get("resources") or {}) for w in workers):
+        return dask.annotate(resources={"GPU": 1})
+    return contextlib.nullcontext()
+
+
+def _iter_results(executor: Any, tasks: Sequence[Task], device: str) -> Iterator[tuple[Task, dict[str, Any]]]:
+    with _gpu_annotation(executor, device):
+        yield from executor.run(run_task, tasks)
+
+
+def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]], *, sweep_dir: Path, cache_dir: Path,
+              executor: Any, threads: int, gpus: int, device: str, definition: Mapping[str, Any],
+              log: Log = print) -> SweepResult:
+    """Run the missing tasks of a sweep on `executor` and write sweep.json after every finished task."""
+    from mer_pipe.common.files import write_json_atomic, write_text_atomic
+
+    select_on = points[0].config.select_on
+    notes = protocol_notes(points[0].config.protocol, select_on)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    configs, pending = plan_tasks(points, features, sweep_dir, cache_dir, threads=threads, gpus=gpus, device=device)
+    n_all = sum(len(c["tasks"]) for c in configs)
+    by_key = {t["key"]: t for c in configs for t in c["tasks"]}
+    cfg_of = {p.id: p.config for p in points}
+    state: dict[str, Any] = {
+        "format": FORMAT, "definition": dict(definition), "notes": notes, "executor": executor.describe(),
+        "threads_per_run": threads, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "status": "running", "counts": {}, "configs": configs, "configs_table": [], "selection": {},
+    }
+
+    def save(status: str) -> None:
+        rows = [config_row(sweep_dir, c) for c in configs]
+        state.update(status=status, configs_table=rows, selection=select(rows, select_on),
+                     counts={s: sum(t["state"] == s for t in by_key.values())
+                             for s in ("reused", "done", "failed", "pending")},
+                     updated=datetime.datetime.now().isoformat(timespec="seconds"))
+        for c in configs:  # a config's seed-aggregate dir, once all its seeds are finished
+            if not (sweep_dir / c["dir"] / "metrics.json").exists():
+                write_config_aggregate(sweep_dir, c, cfg_of[c["id"]], notes)
+        write_json_atomic(sweep_dir / SWEEP_FILE, state, sort_keys=False)
+
+    for note in notes:
+        log(note)
+    log(f"sweep: {len(configs)} config(s) x {len(points[0].config.seeds)} seed(s) = {n_all} runs; "
+        f"{n_all - len(pending)} reused, {len(pending)} to run on {executor.describe()}, {threads} torch "
+        f"thread(s) per run; sweep dir {sweep_dir}")
+    save("running")
+    t0, n_done = time.perf_counter(), 0
+    try:
+        for task, res in _iter_results(executor, pending, device):
+            rec = by_key[task.key]
+            rec.update({k: res[k] for k in ("state", "seconds", "host", "pid", "threads") if k in res})
+            if res.get("error"):
+                rec["error"] = res["error"]
+            if res["state"] == "done" and not finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
+                rec.update(state="failed", error="the run finished but its features are no longer the locked keys "
+                           "(features were re-extracted during the sweep); rerun the sweep")
+            n_done += 1
+            met = _read_json(sweep_dir / rec["dir"] / "metrics.json") if rec["state"] == "done" else None
+            score = (f"{select_on} W-F1 {met['aggregate']['dev']['weighted_f1']['mean']:.4f}" if met
+                     else f"FAILED: {rec.get('error')}")
+            log(f"[{n_done}/{len(pending)}] {task.config_id} seed {task.seed} ({task.label}): {score} "
+                f"({res.get('seconds', 0):.1f}s)")
+            save("running")
+    except KeyboardInterrupt:
+        save("interrupted")
+        kept = sum(t["state"] in ("done", "reused") for t in by_key.values())
+        raise KeyboardInterrupt(f"sweep interrupted; {kept} of {n_all} runs finished and are kept in {sweep_dir}") from None
+    failed = [{"config": c["id"], **t} for c in configs for t in c["tasks"] if t["state"] == "failed"]
+    state["wall_seconds"] = time.perf_counter() - t0
+    save("failed" if failed else "complete")
+    text = format_tables(state)
+    write_text_atomic(sweep_dir / "sweep.md", text + "\n")
+    log(text)
+    log(f"sweep dir: {sweep_dir} ({SWEEP_FILE}; `mer-pipe runs {sweep_dir}` lists its configs)")
+    return SweepResult(sweep_dir, state, failed)
