@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _PAREN = re.compile(r"\s*\(.*$")
+# More failed utterances than this share of a slot gets a warning; all of them fails the run.
+WARN_FAILED_SHARE = 0.05
 
 
 def reason_category(reason: str) -> str:
@@ -67,6 +69,9 @@ class StageSummary:
     layout: str | None = None
     all_failures: dict[str, int] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    n_items: int = 0  # utterances in the feature set (the manifest)
+    corrupt_shards: int = 0  # found unusable and recomputed
+    retried_shards: int = 0  # recomputed for their failed utterances (--retry-failed)
 
     def add(self, result: Any) -> None:
         """Fold in a ShardResult."""
@@ -89,6 +94,15 @@ class StageSummary:
     @property
     def n_failed(self) -> int:
         return sum(self.failures.values())
+
+    @property
+    def n_failed_total(self) -> int:
+        """Failed utterances in the whole feature set (cached shards included)."""
+        return sum(self.all_failures.values())
+
+    @property
+    def all_failed(self) -> bool:
+        return self.n_items > 0 and self.n_failed_total >= self.n_items
 
 
 @dataclass
@@ -129,6 +143,30 @@ class RunSummary:
                        for k, s in self.stages.items()},
         }
 
+    def warnings(self) -> list[str]:
+        """Slots where more than WARN_FAILED_SHARE of the utterances failed (but not all)."""
+        out = []
+        for s in self.stages.values():
+            if s.n_items and not s.all_failed and s.n_failed_total > WARN_FAILED_SHARE * s.n_items:
+                out.append(f"slot {','.join(s.slots)} ({s.extractor}): {s.n_failed_total} of {s.n_items} utterances "
+                           f"({100 * s.n_failed_total / s.n_items:.1f}%) failed, more than {WARN_FAILED_SHARE:.0%}; "
+                           "the trainer masks them as missing. Check the corpus media (mer-pipe prepare ... --probe), "
+                           "then rerun with --retry-failed")
+        return out
+
+    def check(self) -> None:
+        """Raise MediaError naming every slot whose utterances all failed (its shards are kept, unlocked)."""
+        from mer_pipe.common.errors import MediaError
+
+        dead = [s for s in self.stages.values() if s.all_failed]
+        if dead:
+            what = "; ".join(f"slot {','.join(s.slots)} ({s.extractor}): all {s.n_items} utterances failed ("
+                             + ", ".join(f"{r}: {n}" for r, n in sorted(s.all_failures.items(), key=lambda kv: -kv[1])[:3])
+                             + ")" for s in dead)
+            raise MediaError(f"{what}; the slot was not locked (its shards are kept). Fix the media (is --root / the "
+                             "corpus complete? `mer-pipe prepare ... --probe` lists bad files), then rerun "
+                             "this command with --retry-failed")
+
     def format(self) -> str:
         """A table: one row per stage, then failures by reason, then totals."""
         rows = [("slot", "extractor", "key", "dim", "shards new/cached", "utts", "failed", "MB")]
@@ -144,6 +182,14 @@ class RunSummary:
                 eg = f" (e.g. {s.examples[reason]})" if reason in s.examples else ""
                 when = "" if s.computed_shards else " [cached]"
                 lines.append(f"  {','.join(s.slots)}: {n} failed: {reason}{eg}{when}")
+            if s.corrupt_shards:
+                lines.append(f"  {','.join(s.slots)}: {s.corrupt_shards} unusable shard(s) recomputed")
+            if s.retried_shards:
+                lines.append(f"  {','.join(s.slots)}: {s.retried_shards} shard(s) recomputed for their failed utterances")
+        cached = sum(s.n_failed_total for s in self.stages.values())
+        if cached:
+            lines.append(f"{cached} failed utterance(s) are recorded in the cache; after fixing their media, rerun this "
+                         "command with --retry-failed to re-extract only them")
         lines.append(
             f"{self.dataset}: {self.items} utterances extracted in {self.seconds:.1f} s "
             f"({self.throughput:.1f} utt/s, {self.executor}), {self.failed} failed, "
