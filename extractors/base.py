@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
@@ -90,7 +92,7 @@ class Extractor:
         return getattr(self.config, "model", None)
 
     def weights_identity(self) -> dict[str, Any] | None:
-        """Hub id + revision, or {"sha256": ...} of a local checkpoint's files (computed once)."""
+        """Hub id + revision + resolved commit, or {"sha256": ...} of a local checkpoint's files (computed once)."""
         if self._weights_identity is None:
             ref = self._model_ref()
             if ref is None:
@@ -160,13 +162,65 @@ _HUB_REACHABLE: bool | None = None
 
 
 def hf_load_kwargs(ref: str, revision: str | None) -> dict[str, Any]:
-    """Keyword arguments for `from_pretrained`: the revision, and cache-only loading when a hub id is
-    asked for while the hub cannot be reached (the ModelLoadError then says what to pass instead)."""
-    return {"revision": revision, "local_files_only": not Path(ref).expanduser().exists() and not hub_reachable()}
+    """Keyword arguments for `from_pretrained`: the revision, pinned to the commit the cache key was
+    computed from (`hub_commit`) so the snapshot loaded is the one keyed, and cache-only loading when a
+    hub id is asked for while the hub cannot be reached (the ModelLoadError then says what to pass instead)."""
+    local = Path(ref).expanduser().exists()
+    commit = None if local or is_local(ref) else hub_commit(ref, revision)
+    return {"revision": commit or revision, "local_files_only": not local and not hub_reachable()}
+
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_HUB_COMMITS: dict[tuple[str, str], str | None] = {}  # asked of the hub once per process
+
+
+def hf_hub_cache() -> Path:
+    """The local Hugging Face hub cache, as huggingface_hub finds it (HF_HUB_CACHE, HF_HOME/hub, ...)."""
+    env = os.environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(env[name]).expanduser()
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def local_hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit that `revision` (default main) points to in the local HF cache
+    (`models--org--name/refs/<revision>`), when that snapshot is there; else None."""
+    rev = revision or "main"
+    repo_dir = hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
+    if _COMMIT_RE.match(rev):
+        return rev if (repo_dir / "snapshots" / rev).is_dir() else None
+    try:
+        commit = (repo_dir / "refs" / rev).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return commit if _COMMIT_RE.match(commit) and (repo_dir / "snapshots" / commit).is_dir() else None
+
+
+def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a hub id + revision resolves to: the revision itself when it is a commit hash; the hub's
+    answer when the hub is reachable (an updated model gets a new commit, hence a new key); else the
+    snapshot the local HF cache holds for it; None when neither knows (loading will fail and say so)."""
+    rev = revision or "main"
+    if _COMMIT_RE.match(rev):
+        return rev
+    if hub_reachable():
+        if (repo_id, rev) not in _HUB_COMMITS:
+            try:
+                from huggingface_hub import HfApi
+
+                _HUB_COMMITS[(repo_id, rev)] = HfApi().model_info(repo_id, revision=rev).sha
+            except (OSError, ValueError):  # requests/hub HTTP errors are OSErrors; a bad id or revision
+                _HUB_COMMITS[(repo_id, rev)] = None
+        if _HUB_COMMITS[(repo_id, rev)]:
+            return _HUB_COMMITS[(repo_id, rev)]
+    return local_hub_commit(repo_id, rev)
 
 
 def weights_identity(ref: str, revision: str | None = None) -> dict[str, Any]:
-    """{"hub": id, "revision": rev} for a hub id; {"sha256": digest, "files": n} for a local
+    """{"hub": id, "revision": rev, "commit": sha} for a hub id (the commit of the snapshot that will be
+    loaded, see `hub_commit`; a different snapshot re-keys); {"sha256": digest, "files": n} for a local
     checkpoint (file or directory; names and contents of the files that define the model)."""
     path = Path(ref).expanduser()
     if not path.exists():
@@ -175,7 +229,7 @@ def weights_identity(ref: str, revision: str | None = None) -> dict[str, Any]:
                 f"model path {ref!r} does not exist; pass a directory written by save_pretrained "
                 "(or a timm checkpoint file), or use the `offline` preset"
             )
-        return {"hub": ref, "revision": revision or "main"}
+        return {"hub": ref, "revision": revision or "main", "commit": hub_commit(ref, revision)}
     if path.is_file():
         files = [path]
         base = path.parent

@@ -28,6 +28,11 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # mkdtemp makes the folder 0700; after the rename it is the checkpoint itself, which a shared cache's
+    # group must be able to read: give it the mode a plain mkdir would (0777 less the umask, e.g. 0755).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     try:
         import torch
         from transformers.utils import logging as hf_logging
