@@ -28,11 +28,6 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # mkdtemp makes the folder 0700; after the rename it is the checkpoint itself, which a shared cache's
-    # group must be able to read: give it the mode a plain mkdir would (0777 less the umask, e.g. 0755).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
     try:
         import torch
         from transformers.utils import logging as hf_logging
@@ -42,6 +37,7 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
             torch.manual_seed(_SEED)
             build(tmp)
         (tmp / "README.txt").write_text(_README.format(what=what, seed=_SEED))
+        _share(tmp)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()
         try:
@@ -54,6 +50,16 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _share(folder: Path) -> None:
+    """Give the checkpoint the modes plain mkdir/open would (less the umask, e.g. 0755 / 0644): mkdtemp
+    makes the folder 0700 and transformers writes model.safetensors 0600, but a shared cache's group
+    must be able to read the checkpoint."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [folder, *folder.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def ensure_tiny_wav2vec2(dir: str | Path, *, feat_extract_norm: str = "group") -> Path:
