@@ -19,11 +19,13 @@ DatasetFilterOption = Annotated[Optional[str], typer.Option("--dataset", "-d", h
 def features(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Prepared dataset name (see `mer-pipe prepare`).")],
     preset: Annotated[Optional[str], typer.Option(help="Extractor preset: offline (no downloads; tiny Swin/wav2vec2 are plumbing) or paper"
-        " (RoBERTa-large, wav2vec2-base, eGeMAPS, Swin-base; needs weights).")] = None,
+        " (RoBERTa-large, wav2vec2-base, eGeMAPS, Swin-base; needs weights), or deepmsi (DeepMSI-MER's inputs: BERT and"
+        " wav2vec2-base fine-tuned on the train labels, eGeMAPS, frozen Swin).")] = None,
     only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated slots to extract, e.g. t,a (offline:"
         " t, a, v, a_w2v).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Per-slot override SLOT.KEY=VALUE, e.g. t.model=/path/to/roberta-large or"
-        " a.extractor=wav2vec2 (repeatable).")] = None,
+        " a.extractor=wav2vec2 (repeatable). t.finetune=true fine-tunes the slot's encoder on the train labels first"
+        " (options t.finetune.lr=5e-5, .epochs, .context, .crossfit, ...; docs/contracts.md).")] = None,
     executor: Annotated[Optional[str], typer.Option(help="serial (in this process, the reference) or dask (local process cluster, or --scheduler). Default dask.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes of the local dask cluster (default: CPU cores, at most 4).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (tcp://host:8786); its workers must see the same cache directory.")] = None,
@@ -44,6 +46,12 @@ def features(
                             workers=workers, scheduler=scheduler)
     root = cache_root(cache_dir)
     slots = resolve_slots(preset or DEFAULT_PRESET, only, set_ or (), cache_root=root)
+    if any(s.finetune is not None for s in slots):
+        from mer_pipe.pipeline.extract.finetune import format_plan
+        from mer_pipe.pipeline.extract.plan import make_plan
+
+        # the DAG first: which fine-tunes feed which extractions, and what is cached
+        typer.echo(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size)))
     summary = extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
                                strict=strict, batch_size=batch_size, shard_size=shard_size,
                                progress=not no_progress)
@@ -80,8 +88,14 @@ def cache_ls(
     """List feature sets: slots locked to them, dim, utterances, failures, shards, size."""
     from mer_pipe.cache import maintenance
 
+    from mer_pipe.cache import checkpoints
+
     store = _store(cache_dir)
     typer.echo(format_table([i.row() for i in maintenance.ls(store, dataset)], f"no feature sets in {store.root}"))
+    ckpts = checkpoints.ls(store, dataset)
+    if ckpts:
+        typer.echo("\nfine-tuned checkpoints:")
+        typer.echo(format_table([c.row() for c in ckpts]))
 
 
 @cache_app.command("verify")
@@ -92,11 +106,15 @@ def cache_verify(
     """Re-read every shard (checksums, keys, completeness, locks). Exit code 1 when a problem is found."""
     from mer_pipe.cache import maintenance
 
+    from mer_pipe.cache import checkpoints
+
     store = _store(cache_dir)
-    problems = maintenance.verify(store, dataset)
+    problems = [*maintenance.verify(store, dataset), *checkpoints.verify(store, dataset)]
     if not problems:
         n = len(maintenance.ls(store, dataset))
-        typer.echo(f"ok: {n} feature set{'s' if n != 1 else ''} verified in {store.root}")
+        k = len(checkpoints.ls(store, dataset))
+        typer.echo(f"ok: {n} feature set{'s' if n != 1 else ''} verified in {store.root}"
+                   + (f" (and {k} fine-tuned checkpoint{'s' if k != 1 else ''})" if k else ""))
         return
     typer.echo(format_table([p.row() for p in problems]))
     typer.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", err=True)
@@ -111,12 +129,20 @@ def cache_gc(
     yes: Annotated[bool, typer.Option("--yes", help="Really delete (default: only list what would go).")] = False,
     grace: Annotated[Optional[float], typer.Option(help="Keep anything written in the last GRACE seconds (default 600: a run may be in progress).")] = None,
 ) -> None:
-    """Remove feature sets no lock refers to, and stale temp files. Dry run unless --yes."""
+    """Remove feature sets no lock refers to, fine-tuned checkpoints no locked feature set depends on, and
+    stale temp files. Dry run unless --yes."""
     from mer_pipe.cache import maintenance
+
+    from mer_pipe.cache import checkpoints
 
     store = _store(cache_dir)
     kwargs = {} if grace is None else {"grace_s": grace}
     victims = maintenance.gc(store, dry_run=not yes, **kwargs)
+    # fine-tuned checkpoints no locked feature set depends on (after the feature sets: their specs decide)
+    ckpt_victims = checkpoints.gc_victims(store, **kwargs)
+    if yes:
+        checkpoints.remove(ckpt_victims)
+    victims = [*victims, *ckpt_victims]
     if not victims:
         typer.echo("nothing to collect")
         return

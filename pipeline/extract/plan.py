@@ -88,6 +88,8 @@ class Plan:
     manifest_digest: str
     n_utterances: int
     stages: tuple[Stage, ...]
+    finetunes: tuple[Any, ...] = ()  # FinetuneStage: upstream of the stages whose spec names it (finetune.py)
+    crossfit: tuple[Any, ...] = ()  # CrossfitBinding: cross-fitted slots assembled after extraction
 
     @property
     def tasks(self) -> list[ShardTask]:
@@ -161,17 +163,26 @@ def make_plan(
     if not utts:
         raise CacheError(f"dataset {dataset!r} has an empty manifest; rerun `mer-pipe prepare` on a corpus with utterances")
     digest = info["manifest_digest"]
+    from .finetune import bind_finetune_slots  # fine-tuned slots -> extraction keyed on the fine-tune (no training)
+
+    slots, finetunes, crossfit = bind_finetune_slots(dataset, slots, info, utts, root)
     corpus_root = Path(info.get("root") or ".")
     store = FeatureStore(root)
 
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
     for spec in slots:
         ext = build_extractor(spec.extractor, dict(spec.config))
-        resolved = ext.resolved_config()  # hashes local weights: ModelLoadError names a bad path
-        key = feature_key(spec.extractor, ext.version, ext.key_config(), digest)
+        if spec.upstream is None:
+            resolved = ext.resolved_config()  # hashes local weights: ModelLoadError names a bad path
+            key = feature_key(spec.extractor, ext.version, ext.key_config(), digest)
+        else:
+            from .finetune import finetuned_configs
+
+            resolved, key_cfg = finetuned_configs(ext, spec)
+            key = feature_key(spec.extractor, ext.version, key_cfg, digest, upstream=spec.upstream)
         entry = by_key.setdefault((spec.extractor, key), {
             "slots": [], "modality": ext.modality, "version": ext.version, "config": resolved,
-            "batch_size": spec.batch_size,
+            "batch_size": spec.batch_size, "upstream": spec.upstream, "inputs": dict(spec.inputs),
         })
         entry["slots"].append(spec.slot)
         entry["batch_size"] = min(entry["batch_size"], spec.batch_size)
@@ -183,6 +194,7 @@ def make_plan(
             "stage": name, "extractor": name, "version": e["version"], "modality": e["modality"],
             "config": e["config"], "manifest_digest": digest, "n_utterances": len(utts),
             "shard_size": size, "n_shards": n_shards, "dataset": dataset, "key": key,
+            **({"upstream": e["upstream"], "inputs": e["inputs"]} if e["upstream"] else {}),
         }
         if not (store.feature_dir(dataset, name, key) / "spec.json").is_file():
             store.write_spec(dataset, name, key, spec_dict)
@@ -190,6 +202,10 @@ def make_plan(
             spec_dict = store.read_spec(dataset, name, key)
         missing = sorted(set(range(n_shards)) - store.existing_shards(dataset, name, key, n_shards))
         items = _items(e["modality"], utts, corpus_root)
+        if e["inputs"]:
+            from .finetune import with_inputs
+
+            items = with_inputs(items, utts, e["inputs"])
         bounds = shard_bounds(len(utts), size)
         tasks = tuple(
             ShardTask(
@@ -208,7 +224,7 @@ def make_plan(
             n_shards=n_shards, missing=tuple(missing), batch_size=e["batch_size"], spec=spec_dict, tasks=tasks,
         ))
     return Plan(dataset=dataset, root=root, corpus_root=corpus_root, manifest_digest=digest,
-                n_utterances=len(utts), stages=tuple(stages))
+                n_utterances=len(utts), stages=tuple(stages), finetunes=tuple(finetunes), crossfit=tuple(crossfit))
 
 
 def with_run_settings(task: ShardTask, **settings: Any) -> ShardTask:

@@ -38,6 +38,12 @@ class SlotSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int = 16
     note: str = ""
+    # fine-tune stage (pipeline/extract/finetune.py): None = the frozen encoder; a mapping of
+    # FinetuneConfig options (possibly empty) = fine-tune it first. `upstream` and `inputs` are filled
+    # when the plan binds the slot to its fine-tune: the fine-tune key and the encoder input format.
+    finetune: Mapping[str, Any] | None = None
+    upstream: str | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
 
 
 PRESETS: dict[str, tuple[SlotSpec, ...]] = {
@@ -52,6 +58,16 @@ PRESETS: dict[str, tuple[SlotSpec, ...]] = {
         SlotSpec("a", "opensmile", {}, 16, "openSMILE eGeMAPSv02 functionals"),
         SlotSpec("a_w2v", "wav2vec2", {"model": "facebook/wav2vec2-base"}, 8, "wav2vec2-base (DeepMSI's audio)"),
         SlotSpec("v", "swin", {"model": "microsoft/swin-base-patch4-window7-224"}, 8, "Swin-base, 15 frames"),
+    ),
+    # DeepMSI-MER's pipeline: BERT and wav2vec 2.0 fine-tuned on the emotion labels (their features feed
+    # the model), openSMILE functionals, frozen Swin frames. Hub ids: pass local dirs offline.
+    "deepmsi": (
+        SlotSpec("t", "text-hf", {"model": "google-bert/bert-base-uncased"}, 32,
+                 "BERT-base fine-tuned on the train labels", finetune={}),
+        SlotSpec("a", "opensmile", {}, 16, "openSMILE eGeMAPSv02 functionals"),
+        SlotSpec("a_w2v", "wav2vec2", {"model": "facebook/wav2vec2-base"}, 8,
+                 "wav2vec2-base fine-tuned on the train labels", finetune={"batch_size": 8, "lr": 3e-5}),
+        SlotSpec("v", "swin", {"model": "microsoft/swin-base-patch4-window7-224"}, 8, "Swin-base, 15 frames (frozen)"),
     ),
 }
 
@@ -118,6 +134,9 @@ def resolve_slots(
                 f"--set {text!r}: slot {slot!r} is not in preset {preset or DEFAULT_PRESET!r} "
                 f"(slots: {', '.join(slots)}); add it first with --set {slot}.extractor=NAME"
             )
+        if key == "finetune":
+            slots[slot] = replace(current, finetune=merge_finetune(text, current.finetune, value))
+            continue
         if key == "batch_size":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"--set {text!r}: batch_size must be a positive integer")
@@ -134,6 +153,17 @@ def resolve_slots(
     else:
         chosen = list(slots.values())
     return [materialise_tiny(s, cache_root) for s in chosen]
+
+
+def merge_finetune(text: str, current: Mapping[str, Any] | None, value: Any) -> Mapping[str, Any] | None:
+    """`SLOT.finetune=true|false` switches the fine-tune stage on (default settings) or off;
+    `SLOT.finetune.KEY=VALUE` sets one option (and switches it on). Options are checked when planned."""
+    if isinstance(value, bool):
+        return (dict(current or {})) if value else None
+    if isinstance(value, Mapping):
+        return {**(current or {}), **value}
+    raise ConfigError(f"--set {text!r}: finetune takes true/false, or options as SLOT.finetune.KEY=VALUE "
+                      "(e.g. --set t.finetune=true --set t.finetune.epochs=3)")
 
 
 def weights_dir(cache_root: str | Path | None = None) -> Path:

@@ -244,6 +244,9 @@ def extract_features(
     executor = executor or ExecutorConfig()
     t0 = time.perf_counter()
     plan = make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size)
+    from .finetune import assemble_crossfit, run_finetunes  # the fine-tune stages first (finetune.py)
+
+    run_finetunes(plan, device=device, executor=executor, progress=progress)
     summary = RunSummary(dataset=dataset, executor=executor.kind, stages={
         s.key: StageSummary(slots=s.slots, extractor=s.extractor, key=s.key, n_shards=s.n_shards,
                             cached_shards=s.n_shards - len(s.missing))
@@ -273,6 +276,7 @@ def extract_features(
                         _finish_stage(plan, by_key[task.key], st)
             finally:
                 bar.close()
+    assemble_crossfit(plan, device=device)  # cross-fitted slots (finetune.py); nothing when there are none
     summary.seconds = time.perf_counter() - t0
     return summary
 

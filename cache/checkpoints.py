@@ -1,0 +1,276 @@
+"""Fine-tuned encoder checkpoints in the store: layout, listing, verification and collection.
+
+Layout (next to the feature sets of a dataset; never mistaken for one: no spec.json, no shards):
+  <root>/<dataset>/finetune/<key>/            a complete checkpoint (save_pretrained encoder, pre-processor,
+                                              classifier_head.pt, finetune.json with the training log)
+  <root>/<dataset>/finetune/.work-<key>/      a fine-tune in progress (resumable state); never read by extraction
+  <root>/<dataset>/finetune/.lock-<key>       flock held by the process training <key>
+A checkpoint folder appears by one rename of a finished folder, so it exists whole or not at all.
+
+A feature set built on a checkpoint names its key in spec.json (`upstream`, and `finetune_keys` for a
+cross-fitted set); gc keeps every checkpoint that a locked feature set names.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from mer_pipe.common.errors import CacheError
+
+from .store import FeatureStore, check_name, read_json
+
+FINETUNE_DIR = "finetune"
+META_FILE = "finetune.json"
+WORK_PREFIX = ".work-"
+LOCK_PREFIX = ".lock-"
+
+
+def finetune_root(store: FeatureStore, dataset: str) -> Path:
+    return store.dataset_dir(dataset) / FINETUNE_DIR
+
+
+def checkpoint_dir(store: FeatureStore, dataset: str, key: str) -> Path:
+    return finetune_root(store, dataset) / check_name("key", key)
+
+
+def work_dir(store: FeatureStore, dataset: str, key: str) -> Path:
+    return finetune_root(store, dataset) / f"{WORK_PREFIX}{check_name('key', key)}"
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint extraction may use: the folder exists and its finetune.json says complete."""
+    try:
+        return bool(read_json(path / META_FILE, "fine-tune record").get("complete"))
+    except (FileNotFoundError, CacheError, AttributeError):
+        return False
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over the names and contents of every file except finetune.json (which records this digest)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != META_FILE):
+        h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class TrainingLock:
+    """Exclusive flock on `.lock-<key>` while a process trains <key>: a second process waits, then finds
+    the checkpoint done. The kernel drops the lock when its holder dies (SIGKILL included)."""
+
+    def __init__(self, store: FeatureStore, dataset: str, key: str) -> None:
+        self.path = finetune_root(store, dataset) / f"{LOCK_PREFIX}{check_name('key', key)}"
+        self._fh: Any = None
+
+    def __enter__(self) -> "TrainingLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether some process holds the training lock now."""
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    dataset: str
+    key: str
+    complete: bool
+    meta: dict[str, Any]
+    used_by: tuple[str, ...]  # "slot (extractor/key)" of locked feature sets built on it
+    bytes: int
+    path: Path
+
+    def row(self) -> dict[str, str]:
+        m = self.meta
+        rec = m.get("record") or {}
+        dev = rec.get("dev_weighted_f1")
+        fold = m.get("fold")
+        return {
+            "dataset": self.dataset, "checkpoint": self.key, "slot": str(m.get("slot", "-")),
+            "base": str(m.get("base_name", "-")), "fold": f"{fold[0] + 1}/{fold[1]}" if fold else "all",
+            "epochs": f"{rec.get('best_epoch', '-')}/{(m.get('config') or {}).get('epochs', '-')}",
+            "dev W-F1": "-" if dev is None else f"{100 * dev:.2f}",
+            "used by": ",".join(self.used_by) or "-", "size": _human(self.bytes),
+        }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _size(path: Path) -> tuple[int, float]:
+    size, newest = 0, path.stat().st_mtime if path.exists() else 0.0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            size += st.st_size
+            newest = max(newest, st.st_mtime)
+    return size, newest
+
+
+def dependents(store: FeatureStore, dataset: str) -> dict[str, list[str]]:
+    """checkpoint key -> locked feature sets ("slot (extractor/key)") whose spec names it."""
+    out: dict[str, list[str]] = {}
+    try:
+        lock = store.read_lock(dataset)
+    except CacheError:
+        return {"*": ["(unreadable lock file)"]}
+    for slot, entry in sorted(lock.items()):
+        ex, key = str(entry.get("extractor")), str(entry.get("key"))
+        try:
+            spec = store.read_spec(dataset, ex, key)
+        except (CacheError, FileNotFoundError):
+            continue
+        keys = list(spec.get("finetune_keys") or []) + ([spec["upstream"]] if spec.get("upstream") else [])
+        for k in dict.fromkeys(keys):
+            out.setdefault(str(k), []).append(f"{slot} ({ex}/{key})")
+    return out
+
+
+def iter_checkpoints(store: FeatureStore, dataset: str | None = None) -> Iterator[tuple[str, str, Path]]:
+    for ds in [dataset] if dataset is not None else store.datasets():
+        froot = finetune_root(store, ds)
+        if not froot.is_dir():
+            continue
+        for p in sorted(froot.iterdir()):
+            if p.is_dir() and not p.name.startswith("."):
+                yield ds, p.name, p
+
+
+def ls(store: FeatureStore, dataset: str | None = None) -> list[CheckpointInfo]:
+    out = []
+    deps: dict[str, dict[str, list[str]]] = {}
+    for ds, key, path in iter_checkpoints(store, dataset):
+        d = deps.setdefault(ds, dependents(store, ds))
+        try:
+            meta = read_json(path / META_FILE, "fine-tune record")
+        except (FileNotFoundError, CacheError):
+            meta = {}
+        out.append(CheckpointInfo(ds, key, bool(meta.get("complete")), meta if isinstance(meta, dict) else {},
+                                  tuple(d.get(key, [])), _size(path)[0], path))
+    return out
+
+
+@dataclass(frozen=True)
+class CheckpointProblem:
+    kind: str  # "missing-record" | "checksum" | "key-mismatch" | "missing-checkpoint"
+    dataset: str
+    key: str
+    path: Path
+    message: str
+    fix: str
+
+    def row(self) -> dict[str, str]:
+        return {"kind": self.kind, "path": str(self.path), "message": self.message, "fix": self.fix}
+
+
+def verify(store: FeatureStore, dataset: str | None = None) -> list[CheckpointProblem]:
+    """Every checkpoint: a readable record naming its own key, files matching the recorded digest."""
+    problems = []
+    for ds, key, path in iter_checkpoints(store, dataset):
+        redo = f"delete {path} and rerun the feature run that fine-tunes it (it is retrained)"
+        try:
+            meta = read_json(path / META_FILE, "fine-tune record")
+        except (FileNotFoundError, CacheError) as exc:
+            problems.append(CheckpointProblem("missing-record", ds, key, path / META_FILE,
+                                              f"no readable {META_FILE} ({type(exc).__name__})", redo))
+            continue
+        if meta.get("key") != key:
+            problems.append(CheckpointProblem("key-mismatch", ds, key, path,
+                                              f"{META_FILE} says key {meta.get('key')!r}", redo))
+        if meta.get("content_sha256") != content_digest(path):
+            problems.append(CheckpointProblem("checksum", ds, key, path,
+                                              "checkpoint files changed after fine-tuning", redo))
+    for ds in [dataset] if dataset is not None else store.datasets():
+        have = {k for _, k, p in iter_checkpoints(store, ds) if is_complete(p)}
+        for key, users in dependents(store, ds).items():
+            if key != "*" and key not in have:
+                # features stay usable (they are stored); only re-extraction would need to retrain
+                problems.append(CheckpointProblem(
+                    "missing-checkpoint", ds, key, checkpoint_dir(store, ds, key),
+                    f"locked feature set(s) {', '.join(users)} were built on fine-tune {key}, which is gone",
+                    "the features still load; rerun the feature run to retrain it if you want it back"))
+    return problems
+
+
+def gc_victims(store: FeatureStore, *, grace_s: float = 600.0, now: float | None = None) -> list[Path]:
+    """Checkpoints no locked feature set names, and abandoned work folders, older than `grace_s`.
+
+    A checkpoint a locked feature set depends on is never a victim; nor is a work folder whose training
+    lock is held (a fine-tune in progress), however old.
+    """
+    now = time.time() if now is None else now
+    victims: list[Path] = []
+    for ds in store.datasets():
+        froot = finetune_root(store, ds)
+        if not froot.is_dir():
+            continue
+        deps = dependents(store, ds)
+        if "*" in deps:
+            continue  # an unreadable lock protects everything until it is fixed
+        for p in sorted(froot.iterdir()):
+            if p.name.startswith(LOCK_PREFIX):
+                continue
+            if p.name.startswith(WORK_PREFIX):
+                key = p.name[len(WORK_PREFIX):]
+                if _held(froot / f"{LOCK_PREFIX}{key}"):
+                    continue
+                if now - _size(p)[1] >= grace_s or not (froot / f"{LOCK_PREFIX}{key}").exists():
+                    victims.append(p)
+                continue
+            if p.name.startswith("."):
+                # temp folders of an interrupted rename (.<name>.tmp-<pid>)
+                if now - _size(p)[1] >= grace_s:
+                    victims.append(p)
+                continue
+            if p.is_dir() and p.name not in deps and now - _size(p)[1] >= grace_s:
+                victims.append(p)
+    return victims
+
+
+def remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        lock = p.parent / f"{LOCK_PREFIX}{p.name[len(WORK_PREFIX):] if p.name.startswith(WORK_PREFIX) else p.name}"
+        if lock.exists() and not _held(lock) and not (p.parent / lock.name[len(LOCK_PREFIX):]).exists():
+            lock.unlink(missing_ok=True)
+
+
+__all__ = ["CheckpointInfo", "CheckpointProblem", "FINETUNE_DIR", "META_FILE", "TrainingLock", "checkpoint_dir",
+           "content_digest", "dependents", "gc_victims", "is_complete", "iter_checkpoints", "ls", "remove",
+           "verify", "work_dir"]

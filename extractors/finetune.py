@@ -1,0 +1,466 @@
+"""Fine-tuning an encoder on utterance emotion labels: the training loop of the `finetune` stage.
+
+A classification head (dropout + linear) on the pooled encoder output; AdamW with linear warm-up and
+linear decay; optional class weights, frozen lower layers, bf16 autocast. Dev is used only to pick the
+epoch; the loop never sees test data (the pipeline does not give it any).
+
+Two encoder families, the same loop:
+* text: any AutoModel + AutoTokenizer (BERT/RoBERTa/MiniLM...), pooled "mean" (attention-masked) or "cls";
+* audio: wav2vec2-family (AutoModel + AutoFeatureExtractor). Padding must not leak, so the batching rule
+  is the extractor's: group-norm models (wav2vec2-base) batch only equal-length clips, layer-norm models
+  pad with an attention mask (`extractors/wav2vec2.py`). Clips are cut to `max_seconds`.
+
+The output is a directory the matching extractor loads unchanged (`text-hf` / `wav2vec2` with
+`model=<dir>`): `save_pretrained` encoder + tokenizer / feature extractor, plus `classifier_head.pt`.
+
+Work in progress lives in `work_dir`: `state.pt` (model, optimiser, scheduler, log; written atomically at
+the end of every epoch) and `best/` (the dev-best encoder so far). A rerun with the same `work_dir`
+resumes after the last finished epoch; shuffling and dropout are seeded per epoch, so a resumed run
+matches an uninterrupted one. This module imports only `common` (and torch / transformers lazily).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Sequence
+
+import numpy as np
+
+from mer_pipe.common.config import Config
+from mer_pipe.common.errors import ConfigError, MediaError
+
+from .base import hf_load_kwargs, load_error
+
+HEAD_FILE = "classifier_head.pt"
+STATE_FILE = "state.pt"
+BEST_DIR = "best"
+MODALITIES = ("text", "audio")
+# fields that change how the encoder is trained, not which one: never part of the key
+RUN_FIELDS = ("crossfit",)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Config):
+    """Fine-tune settings of one slot (`--set t.finetune.lr=3e-5`).
+
+    lr: peak AdamW learning rate; warmup: fraction of all steps spent warming up linearly, then linear
+    decay to 0. epochs: the dev-best of these is kept. max_length: text tokens (the extraction of the
+    fine-tuned slot uses the same); max_seconds: audio clips are cut to this. pooling: "mean"
+    (attention-masked) | "cls" (text; audio always mean). class_weights: "balanced" weighs the loss by
+    inverse train class frequency. frozen_layers: the embeddings (text) and the first N transformer
+    layers stay fixed (the wav2vec2 conv feature encoder is always frozen). context: K previous turns of
+    the dialogue prepended as "speaker: text" (text only; 0 = the utterance alone). crossfit: N >= 2
+    fine-tunes one encoder per fold of the training dialogues and extracts each fold with the encoder
+    that did not see it (0 = off). autocast: bf16 forward/backward (CPU and CUDA).
+    """
+
+    section: ClassVar[str] = "finetune"
+    examples: ClassVar[dict[str, str]] = {"lr": "5e-5", "epochs": "2", "context": "2"}
+
+    lr: float = 5e-5
+    epochs: int = 2
+    batch_size: int = 32
+    max_length: int = 64
+    max_seconds: float = 10.0
+    pooling: Literal["mean", "cls"] = "mean"
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    class_weights: Literal["none", "balanced"] = "none"
+    seed: int = 0
+    frozen_layers: int = 0
+    context: int = 0
+    context_sep: str = " | "
+    autocast: bool = False
+    crossfit: int = 0
+
+    def validate(self) -> None:
+        self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(self.epochs >= 1, "epochs", "must be >= 1")
+        self.require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.require(self.max_length >= 4, "max_length", "must be >= 4 tokens")
+        self.require(self.max_seconds > 0, "max_seconds", "must be > 0")
+        self.require(0 <= self.warmup < 1, "warmup", "must be a fraction of the steps in [0, 1)")
+        self.require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self.require(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        self.require(self.frozen_layers >= 0, "frozen_layers", "must be >= 0")
+        self.require(self.context >= 0, "context", "must be >= 0 previous turns")
+        self.require(self.crossfit == 0 or self.crossfit >= 2, "crossfit", "must be 0 (off) or >= 2 folds")
+
+    def key_dict(self) -> dict[str, Any]:
+        """What decides the trained weights (hashed into the fine-tune key)."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS}
+
+
+@dataclass
+class FinetuneData:
+    """Inputs and integer labels of one split: texts (str) or waveforms (float32 [S] at 16 kHz)."""
+
+    inputs: list[Any]
+    labels: list[int]
+
+
+Log = Callable[[str], None]
+
+
+def set_threads_once(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def audio_rule(enc: Any, pre: Any) -> tuple[bool, int]:
+    """(pad_ok, min_len): the extractor's batching rule (pad with a mask only for layer-norm models that
+    take one) and the conv stack's receptive field in samples (shorter clips are zero-padded to it)."""
+    c = enc.config
+    pad_ok = getattr(c, "feat_extract_norm", "group") == "layer" and bool(getattr(pre, "return_attention_mask", False))
+    rf, jump = 1, 1
+    for k, s in zip(c.conv_kernel, c.conv_stride):
+        rf += (k - 1) * jump
+        jump *= s
+    return pad_ok, rf
+
+
+# --- encoder + head ---------------------------------------------------------------------------------
+def _load_encoder(modality: str, ref: str, revision: str | None):
+    """(encoder, preprocessor) from a hub id or a local save_pretrained directory."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer, AutoFeatureExtractor
+
+    what = "text encoder / tokenizer" if modality == "text" else "wav2vec2 encoder / feature extractor"
+    try:
+        if modality == "text":
+            pre = AutoTokenizer.from_pretrained(ref, **hf_load_kwargs(ref, revision))
+        else:
+            pre = AutoFeatureExtractor.from_pretrained(ref, **hf_load_kwargs(ref, revision))
+        enc = AutoModel.from_pretrained(ref, **hf_load_kwargs(ref, revision), dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise load_error(f"fine-tune {what}", ref, exc) from None
+    if modality == "audio" and not hasattr(enc, "_get_feat_extract_output_lengths"):
+        raise load_error("fine-tune wav2vec2 encoder", ref,
+                         TypeError(f"{type(enc).__name__} is not a wav2vec2-family encoder"))
+    return enc, pre
+
+
+def _layer_list(enc: Any):
+    encoder = getattr(enc, "encoder", None)
+    for name in ("layer", "layers"):
+        layers = getattr(encoder, name, None)
+        if layers is not None:
+            return layers
+    return None
+
+
+def freeze(enc: Any, modality: str, n_layers: int) -> None:
+    """Fix the embeddings / conv feature encoder and the first `n_layers` transformer layers."""
+    if modality == "audio":
+        for p in enc.feature_extractor.parameters():  # the conv stack: always frozen (standard recipe)
+            p.requires_grad_(False)
+    if n_layers <= 0:
+        return
+    layers = _layer_list(enc)
+    if layers is None:
+        raise ConfigError(f"finetune.frozen_layers={n_layers}: {type(enc).__name__} exposes no encoder layer list; "
+                          "use frozen_layers=0")
+    if n_layers > len(layers):
+        raise ConfigError(f"finetune.frozen_layers={n_layers}: the encoder has only {len(layers)} layers; "
+                          f"fix it with --set SLOT.finetune.frozen_layers=<0..{len(layers)}>")
+    if modality == "text" and getattr(enc, "embeddings", None) is not None:
+        for p in enc.embeddings.parameters():
+            p.requires_grad_(False)
+    for layer in list(layers)[:n_layers]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
+def build_classifier(enc: Any, n_classes: int, modality: str, pooling: str, dropout: float):
+    """Encoder + pooling + dropout + linear head (the class is defined here so importing stays light)."""
+    import torch
+    from torch import nn
+
+    class EncoderClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = enc
+            self.dropout = nn.Dropout(dropout)
+            self.head = nn.Linear(int(enc.config.hidden_size), n_classes)
+
+        def pooled(self, batch: dict[str, Any]) -> torch.Tensor:
+            if modality == "text":
+                out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   **({"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}))
+                h = out.last_hidden_state
+                if pooling == "cls":
+                    return h[:, 0]
+                m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+                return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+            kwargs = {"input_values": batch["input_values"]}
+            if "attention_mask" in batch:
+                kwargs["attention_mask"] = batch["attention_mask"]
+            h = self.encoder(**kwargs).last_hidden_state  # [B, T, D]
+            valid = self.encoder._get_feat_extract_output_lengths(batch["lengths"])
+            mask = (torch.arange(h.shape[1], device=h.device)[None, :] < valid[:, None].to(h.device)).to(h.dtype)
+            return (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+
+        def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+            return self.head(self.dropout(self.pooled(batch)))
+
+    return EncoderClassifier()
+
+
+# --- batching -----------------------------------------------------------------------------------------
+def _batches(modality: str, pre: Any, inputs: Sequence[Any], order: Sequence[int], cfg: FinetuneConfig,
+             pad_ok: bool, min_len: int) -> list[list[int]]:
+    """Index groups per step. Text: consecutive chunks of `order`. Audio: the wav2vec2 extraction rule
+    (equal lengths only unless the model takes an attention mask), keeping `order` within groups."""
+    size = cfg.batch_size
+    if modality == "text":
+        return [list(order[i:i + size]) for i in range(0, len(order), size)]
+    lengths = {i: _audio_len(inputs[i], cfg, min_len) for i in order}
+    if pad_ok:
+        return [list(order[i:i + size]) for i in range(0, len(order), size)]
+    groups: dict[int, list[int]] = {}
+    out: list[list[int]] = []
+    for i in order:  # equal-length clips share a step; anything else goes alone or with its twins
+        g = groups.setdefault(lengths[i], [])
+        g.append(i)
+        if len(g) == size:
+            out.append(g)
+            groups[lengths[i]] = []
+    out.extend(g for g in groups.values() if g)
+    return out
+
+
+def _audio_len(wav: Any, cfg: FinetuneConfig, min_len: int) -> int:
+    n = min(int(np.asarray(wav).size), int(round(cfg.max_seconds * 16000)))
+    return max(n, min_len)
+
+
+def _collate(modality: str, pre: Any, inputs: Sequence[Any], idx: Sequence[int], cfg: FinetuneConfig,
+             device: str, pad_ok: bool, min_len: int) -> dict[str, Any]:
+    import torch
+
+    if modality == "text":
+        enc = pre([inputs[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
+                  return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items()}
+    wavs = []
+    for i in idx:
+        w = np.asarray(inputs[i], dtype=np.float32)[: int(round(cfg.max_seconds * 16000))]
+        if w.size < min_len:
+            w = np.pad(w, (0, min_len - w.size))
+        wavs.append(w)
+    feats = pre(wavs, sampling_rate=16000, padding=True, return_attention_mask=pad_ok, return_tensors="pt")
+    out = {"input_values": feats["input_values"].to(device), "lengths": torch.tensor([w.size for w in wavs])}
+    if pad_ok:
+        out["attention_mask"] = feats["attention_mask"].to(device)
+    return out
+
+
+def _autocast(enabled: bool, device: str):
+    import torch
+    from contextlib import nullcontext
+
+    if not enabled:
+        return nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def _weighted_f1(y: Sequence[int], p: Sequence[int]) -> tuple[float, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return float(f1_score(y, p, average="weighted", zero_division=0)), float(accuracy_score(y, p))
+
+
+def _save_torch_atomic(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _save_encoder(model: Any, pre: Any, out: Path, modality: str, cfg: FinetuneConfig, n_classes: int) -> None:
+    """Write the encoder (save_pretrained), its pre-processor and the head into `out` via a temp dir."""
+    import torch
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.encoder.save_pretrained(tmp)
+    if modality == "text" and cfg.context > 0:
+        pre.truncation_side = "left"  # context comes first: truncation must keep the current utterance
+    pre.save_pretrained(tmp)
+    torch.save({"weight": model.head.weight.detach().cpu(), "bias": model.head.bias.detach().cpu(),
+                "pooling": cfg.pooling if modality == "text" else "mean", "modality": modality,
+                "n_classes": n_classes}, tmp / HEAD_FILE)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def finetune(
+    modality: str,
+    ref: str,
+    revision: str | None,
+    cfg: FinetuneConfig,
+    train: FinetuneData,
+    dev: FinetuneData,
+    n_classes: int,
+    work_dir: str | Path,
+    *,
+    device: str = "cpu",
+    log: Log = lambda s: None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `ref` on `train`, pick the epoch on `dev`, leave the dev-best encoder in `work_dir/best`.
+
+    Resumes from `work_dir/state.pt` when it exists. Returns the training record: per-epoch log (train
+    loss, dev weighted F1 and accuracy, seconds), best epoch, dev score, wall time, utterances/s.
+    """
+    import torch
+
+    if modality not in MODALITIES:
+        raise ConfigError(f"fine-tuning works for text and audio slots, not {modality!r}; video stays frozen "
+                          "(drop SLOT.finetune for that slot)")
+    if modality == "audio" and cfg.context:
+        raise ConfigError(f"finetune.context={cfg.context}: context turns are text; use context=0 for an audio slot")
+    if not train.inputs:
+        raise ConfigError("fine-tuning needs labelled training utterances; the dataset has none in split 'train'")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    enc, pre = _load_encoder(modality, ref, revision)
+    pad_ok, min_len = audio_rule(enc, pre) if modality == "audio" else (True, 0)
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(enc, n_classes, modality, cfg.pooling, cfg.dropout)
+    freeze(model.encoder, modality, cfg.frozen_layers)
+    model.to(device)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    n = len(train.inputs)
+    steps_per_epoch = len(_batches(modality, pre, train.inputs, list(range(n)), cfg, pad_ok, min_len))
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warm = int(round(cfg.warmup * total))
+
+    def lr_lambda(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    weight = None
+    if cfg.class_weights == "balanced":
+        counts = np.bincount(np.asarray(train.labels), minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+        weight = torch.tensor(w, dtype=torch.float32, device=device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+    record: dict[str, Any] = {"epochs": [], "best_epoch": None, "dev_weighted_f1": None, "train_seconds": 0.0,
+                              "n_train": n, "n_dev": len(dev.inputs), "steps_per_epoch": steps_per_epoch}
+    start_epoch = 1
+    state_path = work / STATE_FILE
+    if state_path.is_file() and (work / BEST_DIR).is_dir():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        record = state["record"]
+        start_epoch = int(state["epoch"]) + 1
+        log(f"resuming after epoch {state['epoch']} (from {state_path})")
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: a resumed epoch draws what an uninterrupted one would
+        order = torch.randperm(n, generator=g).tolist()
+        groups = _batches(modality, pre, train.inputs, order, cfg, pad_ok, min_len)
+        perm = torch.randperm(len(groups), generator=g).tolist() if modality == "audio" else range(len(groups))
+        total_loss, seen = 0.0, 0
+        for step, gi in enumerate(perm):
+            idx = groups[gi]
+            batch = _collate(modality, pre, train.inputs, idx, cfg, device, pad_ok, min_len)
+            y = torch.tensor([train.labels[i] for i in idx], device=device)
+            with _autocast(cfg.autocast, device):
+                logits = model(batch)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            if on_step is not None:
+                on_step(step + 1, len(groups))
+        preds = predict_logits(model, modality, pre, dev.inputs, cfg, device, pad_ok, min_len).argmax(1).tolist() \
+            if dev.inputs else []
+        dev_f1, dev_acc = _weighted_f1(dev.labels, preds) if dev.inputs else (float("nan"), float("nan"))
+        seconds = time.perf_counter() - t0
+        entry = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "dev_weighted_f1": dev_f1,
+                 "dev_accuracy": dev_acc, "seconds": seconds, "utt_per_s": n / seconds if seconds else None,
+                 "lr_end": sched.get_last_lr()[0]}
+        record["epochs"].append(entry)
+        record["train_seconds"] += seconds
+        best = record["dev_weighted_f1"]
+        improved = best is None or (not math.isnan(dev_f1) and dev_f1 > best) or not dev.inputs
+        if improved:
+            record["best_epoch"], record["dev_weighted_f1"] = epoch, dev_f1
+            _save_encoder(model, pre, work / BEST_DIR, modality, cfg, n_classes)
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, dev W-F1 {100 * dev_f1:.2f} "
+            f"(acc {100 * dev_acc:.2f}){' best' if improved else ''}, {seconds:.0f}s, {entry['utt_per_s']:.1f} utt/s")
+        _save_torch_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "record": record}, state_path)
+    record["utt_per_s"] = n * len(record["epochs"]) / record["train_seconds"] if record["train_seconds"] else None
+    return record
+
+
+def predict_logits(model: Any, modality: str, pre: Any, inputs: Sequence[Any], cfg: FinetuneConfig, device: str,
+                   pad_ok: bool = True, min_len: int = 0):
+    """[N, C] float logits in input order (eval mode, no grad)."""
+    import torch
+
+    model.eval()
+    out = torch.zeros(len(inputs), model.head.out_features)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]) if modality == "text" else np.asarray(inputs[i]).size)
+    with torch.inference_mode():
+        for idx in _batches(modality, pre, inputs, order, cfg, pad_ok, min_len):
+            with _autocast(cfg.autocast, device):
+                logits = model(_collate(modality, pre, inputs, idx, cfg, device, pad_ok, min_len))
+            out[idx] = logits.float().cpu()
+    return out
+
+
+def load_classifier(path: str | Path, cfg: FinetuneConfig, device: str = "cpu") -> Callable[[Sequence[Any]], np.ndarray]:
+    """A fine-tuned checkpoint directory as a classifier: inputs -> [N, C] logits (numpy).
+
+    For benchmarks and inspection (the encoder's own classifier score); the pipeline itself only
+    extracts features from the encoder."""
+    import torch
+
+    path = Path(path)
+    head_path = path / HEAD_FILE
+    if not head_path.is_file():
+        raise MediaError(f"{path} holds no {HEAD_FILE}; it is not a fine-tuned checkpoint written by mer-pipe")
+    head = torch.load(head_path, map_location="cpu", weights_only=False)
+    modality = head["modality"]
+    enc, pre = _load_encoder(modality, str(path), None)
+    model = build_classifier(enc, int(head["n_classes"]), modality, head["pooling"], 0.0)
+    model.head.weight.data.copy_(head["weight"])
+    model.head.bias.data.copy_(head["bias"])
+    model.to(device)
+    pad_ok, min_len = audio_rule(enc, pre) if modality == "audio" else (True, 0)
+
+    def predict(inputs: Sequence[Any]) -> np.ndarray:
+        return predict_logits(model, modality, pre, list(inputs), cfg, device, pad_ok, min_len).numpy()
+
+    return predict
