@@ -26,6 +26,7 @@ CLASSES = ("neutral", "joy", "anger", "sadness")
 BIN = Path(sys.executable).parent
 MER_PIPE = BIN / "mer-pipe"
 FAST = ["trainer.epochs=3", "trainer.patience=0", "trainer.lr=3e-3", "model.hidden=[32]"]
+PLANTED = ["trainer.epochs=10", "trainer.patience=0", "trainer.lr=3e-3", "trainer.batch_size=16", "model.hidden=[32]"]
 GRID_2x2 = ["trainer.lr=1e-3,3e-3", "model.dropout=0.1,0.3"]
 
 
@@ -50,8 +51,8 @@ def make_dataset(cache: Path, dialogues: int = 24, per_dialogue: int = 6, dim: i
     splits = np.array([u.split for u in utts])
     onehot = np.eye(len(CLASSES), dim, dtype=np.float32)[labels]
     noise = lambda: rng.normal(0, 1.0, (len(utts), dim)).astype(np.float32)  # noqa: E731
-    t = np.where((splits == "test")[:, None], noise(), 2.0 * onehot + noise())
-    a = np.where((splits == "dev")[:, None], noise(), 2.0 * onehot + noise())
+    t = np.where((splits == "test")[:, None], noise(), 3.0 * onehot + noise())
+    a = np.where((splits == "dev")[:, None], noise(), 3.0 * onehot + noise())
     out = dataset_dir(DATASET, cache)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / "manifest.jsonl", utts)
@@ -129,7 +130,7 @@ def test_2x2_grid_x_2_seeds_writes_8_run_dirs_and_a_sweep_record(cache, tmp_path
 
 
 def test_selection_uses_dev_only_even_when_test_prefers_another_config(cache, tmp_path):
-    res = _sweep(cache, tmp_path / "sw", grid=["modalities=t,a"], seeds="0,1", modalities=None)
+    res = _sweep(cache, tmp_path / "sw", grid=["modalities=t,a"], seeds="0,1", modalities=None, sets=PLANTED)
     rows = {r["label"]: r for r in res.state["configs_table"]}
     t, a = rows["modalities=t"], rows["modalities=a"]
     # the planted data: t wins on dev, a wins on test
@@ -147,7 +148,8 @@ def test_selection_uses_dev_only_even_when_test_prefers_another_config(cache, tm
 def test_select_on_test_is_flagged_like_train(cache, tmp_path):
     from mer_pipe.pipeline.train.protocols import SELECT_ON_TEST_WARNING
 
-    res = _sweep(cache, tmp_path / "sw", grid=["modalities=t,a"], seeds="0", modalities=None, select_on="test")
+    res = _sweep(cache, tmp_path / "sw", grid=["modalities=t,a"], seeds="0", modalities=None, select_on="test",
+                 sets=PLANTED)
     assert res.selection["on"] == "test" and res.selection["by_model"]["mlp"]["label"] == "modalities=a"
     assert res.state["notes"] == [SELECT_ON_TEST_WARNING]
     assert (res.sweep_dir / "sweep.md").read_text().startswith(SELECT_ON_TEST_WARNING)
@@ -181,6 +183,7 @@ def _wait_for(pred, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow  # ~35 s: two CLI processes that import torch, and runs long enough to be killed mid-sweep
 def test_resume_after_sigkill_runs_only_the_missing_runs(cache, tmp_path):
     out = tmp_path / "sw"
     argv = [str(MER_PIPE), "sweep", "--model", "mlp", "--dataset", DATASET, "--modalities", "t", "--executor", "serial",
@@ -251,6 +254,7 @@ def scheduler(tmp_path):
             log.close()
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: a scheduler and two worker processes that each import torch
 def test_dask_scheduler_with_two_workers_gives_the_serial_metrics(cache, tmp_path, scheduler):
     serial = _sweep(cache, tmp_path / "serial")
     dask = _sweep(cache, tmp_path / "dask", executor="dask", scheduler=scheduler)
