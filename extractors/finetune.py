@@ -127,15 +127,17 @@ def audio_rule(enc: Any, pre: Any) -> tuple[bool, int]:
 
 
 # --- encoder + head ---------------------------------------------------------------------------------
-def _load_encoder(modality: str, ref: str, revision: str | None):
-    """(encoder, preprocessor) from a hub id or a local save_pretrained directory."""
+def _load_encoder(modality: str, ref: str, revision: str | None, truncation_side: str | None = None):
+    """(encoder, preprocessor) from a hub id or a local save_pretrained directory. `truncation_side="left"`
+    (context turns first) is kept by the saved tokenizer, so extraction truncates the same way."""
     import torch
     from transformers import AutoModel, AutoTokenizer, AutoFeatureExtractor
 
     what = "text encoder / tokenizer" if modality == "text" else "wav2vec2 encoder / feature extractor"
     try:
         if modality == "text":
-            pre = AutoTokenizer.from_pretrained(ref, **hf_load_kwargs(ref, revision))
+            side = {"truncation_side": truncation_side} if truncation_side else {}
+            pre = AutoTokenizer.from_pretrained(ref, **hf_load_kwargs(ref, revision), **side)
         else:
             pre = AutoFeatureExtractor.from_pretrained(ref, **hf_load_kwargs(ref, revision))
         enc = AutoModel.from_pretrained(ref, **hf_load_kwargs(ref, revision), dtype=torch.float32)
@@ -293,8 +295,6 @@ def _save_encoder(model: Any, pre: Any, out: Path, modality: str, cfg: FinetuneC
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.encoder.save_pretrained(tmp)
-    if modality == "text" and cfg.context > 0:
-        pre.truncation_side = "left"  # context comes first: truncation must keep the current utterance
     pre.save_pretrained(tmp)
     torch.save({"weight": model.head.weight.detach().cpu(), "bias": model.head.bias.detach().cpu(),
                 "pooling": cfg.pooling if modality == "text" else "mean", "modality": modality,
@@ -334,7 +334,7 @@ def finetune(
         raise ConfigError("fine-tuning needs labelled training utterances; the dataset has none in split 'train'")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    enc, pre = _load_encoder(modality, ref, revision)
+    enc, pre = _load_encoder(modality, ref, revision, "left" if modality == "text" and cfg.context > 0 else None)
     pad_ok, min_len = audio_rule(enc, pre) if modality == "audio" else (True, 0)
     torch.manual_seed(cfg.seed)
     model = build_classifier(enc, n_classes, modality, cfg.pooling, cfg.dropout)

@@ -390,3 +390,21 @@ def test_deepmsi_preset_fine_tunes_text_and_wav2vec2_and_keeps_video_frozen():
     assert resolve_slots("deepmsi", only="t", overrides=["t.finetune=false"])[0].finetune is None
     with pytest.raises(ConfigError, match="finetune takes true/false"):
         resolve_slots("offline", only="t", overrides=["t.finetune=3"])
+
+
+def test_context_turns_feed_both_the_fine_tune_and_the_extraction(fresh_cache):
+    from mer_pipe.pipeline.extract.finetune import context_texts
+
+    _, utts = load_dataset(DATASET, fresh_cache)
+    texts = context_texts(utts, 2, " | ")
+    dia = sorted((u for u in utts if u.dialogue_id == utts[0].dialogue_id), key=lambda u: u.index)
+    assert texts[dia[0].id] == f"{dia[0].speaker}: {dia[0].text}"
+    assert texts[dia[3].id] == " | ".join(f"{u.speaker}: {u.text}" for u in dia[1:4])  # 2 previous turns + itself
+    plan = _plan(fresh_cache, ["t.finetune.context=2", "t.finetune.epochs=1"])
+    (stage,) = plan.stages
+    assert stage.spec["inputs"] == {"context": 2, "sep": " | "} and stage.key != _plan(fresh_cache).stages[0].key
+    items = {it["id"]: it["text"] for t in stage.tasks for it in t.items}
+    assert items == texts
+    _run(fresh_cache, ["t.finetune.context=2", "t.finetune.epochs=1"])
+    tok = json.loads((Path(plan.finetunes[0].path) / "tokenizer_config.json").read_text())
+    assert tok.get("truncation_side") == "left"  # long context is cut from the oldest turn, never the utterance
