@@ -403,8 +403,9 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
                      counts={s: sum(t["state"] == s for t in by_key.values())
                              for s in ("reused", "done", "failed", "pending")},
                      updated=datetime.datetime.now().isoformat(timespec="seconds"))
-        for c in configs:  # a config's seed-aggregate dir, once all its seeds are finished
-            if not (sweep_dir / c["dir"] / "metrics.json").exists():
+        for c in configs:  # a config's seed-aggregate dir, once all its seeds are finished (again if they changed)
+            agg = _read_json(sweep_dir / c["dir"] / "metrics.json")
+            if not isinstance(agg, dict) or (agg.get("sweep") or {}).get("seed_dirs") != [t["dir"] for t in c["tasks"]]:
                 write_config_aggregate(sweep_dir, c, cfg_of[c["id"]], notes)
         write_json_atomic(sweep_dir / SWEEP_FILE, state, sort_keys=False)
 
