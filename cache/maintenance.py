@@ -199,6 +199,15 @@ def ls(store: FeatureStore, dataset: str | None = None) -> list[FeatureSetInfo]:
     return out
 
 
+def _media_changed(shard: Any) -> str | None:
+    """What differs about the media of the shard's failed utterances since they failed, or None."""
+    changed = [uid for uid, rec in shard.media.items() if identity_changed(rec)]
+    if not changed:
+        return None
+    eg = shard.media[changed[0]].get("path")
+    return f"{len(changed)} utterance(s) recorded as failed have different media now (e.g. {changed[0]!r}: {eg})"
+
+
 def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
     """Re-read every shard and check checksum, key and completeness; also locks pointing nowhere."""
 
@@ -238,13 +247,10 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
             stored = sh.attrs.get("checksum")
             if stored != sh.checksum():
                 add("checksum", path, "content checksum does not match: the data was altered after writing")
-            changed = [uid for uid, rec in sh.media.items() if identity_changed(rec)]
+            changed = _media_changed(sh)
             if changed:
-                eg = sh.media[changed[0]].get("path")
-                add("media-changed", path,
-                    f"{len(changed)} utterance(s) recorded as failed have different media now (e.g. {changed[0]!r}: {eg})",
-                    f"re-extract the failed utterances of {ds} (a feature run that retries failed utterances "
-                    "recomputes only these shards)")
+                add("media-changed", path, changed, f"re-extract the failed utterances of {ds} (a feature run "
+                    "that retries failed utterances recomputes only these shards)")
         if n_expected is not None:
             for i in sorted(set(range(n_expected)) - present):
                 add("missing-shard", fdir / f"shard-{i:05d}-of-{n_expected:05d}.h5",

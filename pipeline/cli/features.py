@@ -35,6 +35,9 @@ def features(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Utterances per forward pass for every slot (default per slot in the preset).")] = None,
     shard_size: Annotated[Optional[int], typer.Option("--shard-size", help="Utterances per shard for new feature sets (default 256; existing sets keep theirs).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-extract the utterances that shards recorded as"
+        " failed (e.g. media copied since); only those shards are rewritten.")] = False,
+    hash_media: Annotated[bool, typer.Option("--hash-media", help="Record a sha256 of each failed utterance's media file (default: size and mtime), for `cache verify`.")] = False,
 ) -> None:
     """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
     from mer_pipe.pipeline.extract.executors import ExecutorConfig
@@ -54,8 +57,11 @@ def features(
         typer.echo(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size)))
     summary = extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
                                strict=strict, batch_size=batch_size, shard_size=shard_size,
-                               progress=not no_progress)
+                               progress=not no_progress, retry_failed=retry_failed, hash_media=hash_media)
     typer.echo(summary.format())
+    for warning in summary.warnings():
+        typer.echo(f"mer-pipe: warning: {warning}", err=True)
+    summary.check()  # every utterance of a slot failed: exit 2 (shards kept)
 
 
 cache_app = typer.Typer(help="Inspect and maintain the feature cache.", no_args_is_help=True,
@@ -118,6 +124,10 @@ def cache_verify(
         return
     typer.echo(format_table([p.row() for p in problems]))
     typer.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found", err=True)
+    for ds in sorted({p.dataset for p in problems if p.kind == "media-changed"}):
+        typer.echo(f"media changed since utterances of {ds} failed: rerun `mer-pipe features --dataset {ds} "
+                   f"--retry-failed{'' if cache_dir is None else f' --cache-dir {cache_dir}'}` (with your --only/--set)",
+                   err=True)
     # SystemExit, not typer.Exit: the CLI runs click with standalone_mode=False, where Exit(1) would
     # only be returned and the process would still exit 0.
     raise SystemExit(1)
@@ -127,7 +137,8 @@ def cache_verify(
 def cache_gc(
     cache_dir: CacheDirOption = None,
     yes: Annotated[bool, typer.Option("--yes", help="Really delete (default: only list what would go).")] = False,
-    grace: Annotated[Optional[float], typer.Option(help="Keep anything written in the last GRACE seconds (default 600: a run may be in progress).")] = None,
+    grace: Annotated[Optional[float], typer.Option(help="Keep unlocked sets written in the last GRACE seconds"
+        " (default 600); sets a live feature run holds are always kept.")] = None,
 ) -> None:
     """Remove feature sets no lock refers to, fine-tuned checkpoints no locked feature set depends on, and
     stale temp files. Dry run unless --yes."""

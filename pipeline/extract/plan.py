@@ -48,15 +48,21 @@ class ShardTask:
     strict: bool = False
     torch_threads: int | None = None
     dtype: str = "float32"
+    hash_media: bool = False  # failure records get the media file's sha256 (else size + mtime only)
+    # --retry-failed: only these utterances are extracted again; the shard's other rows are kept
+    retry_ids: tuple[str, ...] | None = None
 
     @property
     def n(self) -> int:
-        return len(self.items)
+        """Utterances this task extracts."""
+        return len(self.items) if self.retry_ids is None else len(self.retry_ids)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One feature set to make complete: `missing` lists the shard indices still to compute."""
+    """One feature set to make complete: `missing` lists the shard indices still to compute (absent, or
+    present but corrupt: `corrupt` says what is wrong with those); `retry` the sound shards whose failed
+    utterances are extracted again (--retry-failed)."""
 
     dataset: str
     slots: tuple[str, ...]
@@ -73,9 +79,12 @@ class Stage:
     batch_size: int
     spec: dict[str, Any]
     tasks: tuple[ShardTask, ...]
+    corrupt: tuple[tuple[int, str], ...] = ()
+    retry: tuple[int, ...] = ()
 
     @property
     def complete(self) -> bool:
+        """Every shard is present and sound (failed utterances to retry do not count)."""
         return not self.missing
 
 
@@ -144,12 +153,18 @@ def make_plan(
     *,
     cache_dir: str | Path | None = None,
     shard_size: int | None = None,
+    retry_failed: bool = False,
 ) -> Plan:
     """Resolve every slot's extractor, compute keys, fix shard layouts and list the missing shards.
+
+    A present shard that cannot be opened or fails its checksum counts as missing (checked once per
+    shard version, `cache/integrity.py`). `retry_failed`: sound shards that recorded failed utterances
+    get a task that extracts those utterances again and keeps the other rows.
 
     Writes spec.json for feature sets seen for the first time (so their layout is fixed before any
     shard exists). Raises ConfigError / ModelLoadError for bad slots, CacheError for an unprepared dataset.
     """
+    from mer_pipe.cache.integrity import sound_shards
     from mer_pipe.cache.keys import feature_key
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.extractors import build_extractor
@@ -200,33 +215,51 @@ def make_plan(
             store.write_spec(dataset, name, key, spec_dict)
         else:
             spec_dict = store.read_spec(dataset, name, key)
-        missing = sorted(set(range(n_shards)) - store.existing_shards(dataset, name, key, n_shards))
+        sound, corrupt = sound_shards(store, dataset, name, key, n_shards)
+        missing = sorted(set(range(n_shards)) - sound)
+        retry = _failed_ids(store, dataset, name, key, n_shards, sound) if retry_failed else {}
         items = _items(e["modality"], utts, corpus_root)
         if e["inputs"]:
-            from .finetune import with_inputs
+            from .finetune import with_inputs  # context-K fine-tunes read "speaker: text" turns
 
             items = with_inputs(items, utts, e["inputs"])
         bounds = shard_bounds(len(utts), size)
-        tasks = tuple(
-            ShardTask(
+
+        def task(i: int, retry_ids: tuple[str, ...] | None = None) -> ShardTask:
+            return ShardTask(
                 dataset=dataset, extractor=name, modality=e["modality"], config=e["config"], key=key,
                 index=i, n_shards=n_shards, path=str(store.shard_path(dataset, name, key, i, n_shards)),
                 items=tuple(items[bounds[i][0]:bounds[i][1]]), slots=tuple(e["slots"]), batch_size=e["batch_size"],
                 attrs={"key": key, "dataset": dataset, "extractor": name, "stage": name,
                        "version": e["version"], "shard_index": i, "n_shards": n_shards,
                        "start": bounds[i][0], "config": e["config"]},
+                retry_ids=retry_ids,
             )
-            for i in missing
-        )
+
+        tasks = tuple([task(i) for i in missing] + [task(i, ids) for i, ids in sorted(retry.items())])
         stages.append(Stage(
             dataset=dataset, slots=tuple(e["slots"]), extractor=name, modality=e["modality"], version=e["version"],
             key=key, config=e["config"], manifest_digest=digest, n_items=len(utts), shard_size=size,
             n_shards=n_shards, missing=tuple(missing), batch_size=e["batch_size"], spec=spec_dict, tasks=tasks,
+            corrupt=tuple(sorted(corrupt.items())), retry=tuple(sorted(retry)),
         ))
     return Plan(dataset=dataset, root=root, corpus_root=corpus_root, manifest_digest=digest,
                 n_utterances=len(utts), stages=tuple(stages), finetunes=tuple(finetunes), crossfit=tuple(crossfit))
 
 
+def _failed_ids(store: Any, dataset: str, extractor: str, key: str, n: int, sound: set[int]) -> dict[int, tuple[str, ...]]:
+    """Shard index -> ids of the utterances it recorded as failed (sound shards only; values not read)."""
+    from mer_pipe.cache.shard import read_shard
+
+    out = {}
+    for i in sorted(sound):
+        sh = read_shard(store.shard_path(dataset, extractor, key, i, n), values=False)
+        failed = tuple(uid for uid, ok in zip(sh.ids, sh.valid) if not ok)
+        if failed:
+            out[i] = failed
+    return out
+
+
 def with_run_settings(task: ShardTask, **settings: Any) -> ShardTask:
-    """A copy of `task` with run settings (device, batch_size, strict, torch_threads) filled in."""
+    """A copy of `task` with run settings (device, batch_size, strict, torch_threads, hash_media) filled in."""
     return dataclasses.replace(task, **{k: v for k, v in settings.items() if v is not None})

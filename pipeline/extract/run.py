@@ -12,9 +12,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from mer_pipe.common.errors import MediaError, ModelLoadError
+from mer_pipe.common.errors import CacheError, MediaError, ModelLoadError
 
 from .executors import ExecutorConfig, make_executor
 from .plan import Plan, ShardTask, Stage, make_plan, with_run_settings
@@ -22,6 +22,7 @@ from .presets import SlotSpec
 from .progress import Progress, RunSummary, StageSummary, reason_category
 
 DEVICES = ("auto", "cpu", "cuda")
+Log = Callable[[str], None]
 
 # Per worker process: extractors already set up, keyed by (name, canonical config, device).
 _LOADED: dict[tuple[str, str, str], Any] = {}
@@ -124,28 +125,73 @@ def _forward(ext: Any, idx: list[int], inputs: list[Any], fail: Any) -> list[Any
         return outs
 
 
+def _media_identity(task: ShardTask, i: int) -> dict[str, Any] | None:
+    """What a failure record keeps of the utterance's media file (so `cache verify` sees later changes)."""
+    from mer_pipe.common.files import file_identity
+
+    path = task.items[i].get("path") if task.modality != "text" else None
+    return None if path is None else file_identity(path, content_hash=task.hash_media)
+
+
+def _kept_rows(task: ShardTask, ids: list[str]) -> tuple[list[Any], dict[str, str], dict[str, dict[str, Any]]]:
+    """(arrays, reasons, media) of the existing shard's rows that a retry task keeps; empty otherwise."""
+    arrays: list[Any] = [None] * len(ids)
+    if task.retry_ids is None:
+        return arrays, {}, {}
+    from mer_pipe.cache.shard import read_shard
+
+    old = read_shard(task.path, verify=True)
+    if old.ids != ids:
+        raise CacheError(f"shard {task.path} holds other utterances than the manifest slice it should; delete it "
+                         "and rerun (it is then recomputed)")
+    retry = set(task.retry_ids)
+    reasons = {uid: r for uid, r in old.reasons.items() if uid not in retry}
+    media = {uid: m for uid, m in old.media.items() if uid not in retry}
+    for i, uid in enumerate(ids):
+        if old.valid[i] and uid not in retry:
+            arrays[i] = old.values[i]
+    return arrays, reasons, media
+
+
+def _loaded_extractor(task: ShardTask) -> Any:
+    try:
+        return _extractor(task)
+    except ModelLoadError as exc:
+        slot = task.slots[0] if task.slots else "SLOT"
+        raise ModelLoadError(f"slot {','.join(task.slots)} ({task.extractor}): {exc}; "
+                             f"e.g. --set {slot}.model=/path/to/local/checkpoint") from None
+
+
+def _work_order(task: ShardTask, ids: list[str]) -> list[int]:
+    """Rows to extract (all, or a retry's), texts in order of length so a batch pads to similar lengths
+    (results go back by index)."""
+    retry = None if task.retry_ids is None else set(task.retry_ids)
+    order = [i for i in range(len(ids)) if retry is None or ids[i] in retry]
+    if task.modality == "text":
+        order.sort(key=lambda i: len(task.items[i]["text"]))
+    return order
+
+
 def run_shard(task: ShardTask) -> ShardResult:
     """Decode -> batched forward -> write one shard. Runs in a worker (or in-process for `serial`)."""
     from mer_pipe.cache.shard import basic_provenance, write_shard
 
     t_start = time.perf_counter()
-    try:
-        ext = _extractor(task)
-    except ModelLoadError as exc:
-        slot = task.slots[0] if task.slots else "SLOT"
-        raise ModelLoadError(f"slot {','.join(task.slots)} ({task.extractor}): {exc}; "
-                             f"e.g. --set {slot}.model=/path/to/local/checkpoint") from None
+    ext = _loaded_extractor(task)
     _set_threads(task.torch_threads)
     kwargs = ext.decode_kwargs()
     ids = [it["id"] for it in task.items]
-    arrays: list[Any] = [None] * len(ids)
-    reasons: dict[str, str] = {}
+    arrays, reasons, media = _kept_rows(task, ids)  # a retry keeps the shard's other rows
+    new_failures: dict[str, str] = {}
     decode_s = forward_s = 0.0
 
     def fail(i: int, exc: MediaError) -> None:
         if task.strict:
             raise _strict_error(task, ids[i], exc) from None
-        reasons[ids[i]] = str(exc)
+        reasons[ids[i]] = new_failures[ids[i]] = str(exc)
+        ident = _media_identity(task, i)
+        if ident is not None:
+            media[ids[i]] = ident
 
     def decode(lo: int) -> tuple[list[int], list[Any], list[tuple[int, MediaError]], float]:
         t0 = time.perf_counter()
@@ -158,13 +204,10 @@ def run_shard(task: ShardTask) -> ShardResult:
                 failed.append((i, exc))
         return idx, inputs, failed, time.perf_counter() - t0
 
-    # Texts are batched in order of length, so a batch pads to similar lengths (results go back by index).
-    order = list(range(len(ids)))
-    if task.modality == "text":
-        order.sort(key=lambda i: len(task.items[i]["text"]))
+    order = _work_order(task, ids)
     # One batch at a time: 256 decoded video clips would not fit in memory. (Decoding the next batch in a
     # helper thread while the model runs measured no gain here and made timings erratic under contention.)
-    for lo in range(0, len(ids), task.batch_size):
+    for lo in range(0, len(order), task.batch_size):
         batch_idx, batch_in, failed, dt = decode(lo)
         decode_s += dt
         for i, exc in failed:
@@ -177,21 +220,26 @@ def run_shard(task: ShardTask) -> ShardResult:
 
     prov = {**basic_provenance(), **ext.provenance(), "pid": os.getpid()}
     attrs = {**task.attrs, "provenance": prov}
-    path = write_shard(task.path, ids, arrays, reasons, dtype=task.dtype, attrs=attrs, dim=ext.dim)
+    path = write_shard(task.path, ids, arrays, reasons, dtype=task.dtype, attrs=attrs, dim=ext.dim, media=media)
     return ShardResult(
-        key=task.key, index=task.index, n=len(ids), n_ok=len(ids) - len(reasons),
-        failures=tuple((uid, reasons[uid]) for uid in ids if uid in reasons),
+        key=task.key, index=task.index, n=len(order), n_ok=len(order) - len(new_failures),
+        failures=tuple((uid, new_failures[uid]) for uid in ids if uid in new_failures),
         bytes=Path(path).stat().st_size, dim=int(ext.dim), layout=_layout(arrays),
         decode_s=decode_s, forward_s=forward_s, total_s=time.perf_counter() - t_start, provenance=prov,
     )
 
 
-def _finish_stage(plan: Plan, stage: Stage, summary: StageSummary) -> None:
-    """All shards exist: complete spec.json (dim, layout, failures) once, then point the slots at it."""
+def _finish_stage(plan: Plan, stage: Stage, summary: StageSummary, written: Sequence[str] = ()) -> None:
+    """All shards exist: complete spec.json (dim, layout, failures) once, then point the slots at it.
+    A set in which every utterance failed is not locked (the slot keeps what it served before).
+    `written`: shards this run wrote, recorded as checked so the next run does not re-read them."""
+    from mer_pipe.cache.integrity import mark_verified
     from mer_pipe.cache.shard import read_shard
     from mer_pipe.cache.store import FeatureStore
 
     store = FeatureStore(plan.root)
+    if written:
+        mark_verified(store, stage.dataset, stage.extractor, stage.key, written)
     spec = store.read_spec(stage.dataset, stage.extractor, stage.key)
     if summary.computed_shards or not spec.get("complete"):
         # Count over every shard (some may come from an earlier, interrupted run); values are not read.
@@ -214,9 +262,63 @@ def _finish_stage(plan: Plan, stage: Stage, summary: StageSummary) -> None:
     summary.dim = int(spec["dim"])
     summary.layout = spec.get("layout")
     summary.all_failures = dict(spec.get("failures", {}))
+    summary.n_items = stage.n_items
+    if summary.all_failed:
+        return
     for slot in stage.slots:
         store.set_lock(stage.dataset, slot, {"extractor": stage.extractor, "key": stage.key,
                                              "dim": summary.dim, "layout": summary.layout})
+
+
+class _NoLock:
+    @staticmethod
+    def release() -> None:
+        pass
+
+
+def _stderr(msg: str) -> None:
+    print(f"mer-pipe: {msg}", file=sys.stderr, flush=True)
+
+
+def _claim_stages(plan: Plan, log: Log) -> tuple[dict[str, Any], bool]:
+    """Take every stage's run lock (cache/runlock.py), in path order so two runs never deadlock.
+    Returns (key -> lock, whether the plan is stale: we waited for another run or a folder was re-made)."""
+    from mer_pipe.cache.runlock import RunLock
+    from mer_pipe.cache.store import FeatureStore
+
+    store = FeatureStore(plan.root)
+    locks: dict[str, Any] = {}
+    stale = False
+    try:
+        for s in sorted(plan.stages, key=lambda s: (s.extractor, s.key)):
+            where = f"{s.dataset}/{s.extractor}/{s.key[:12]} (slot {','.join(s.slots)})"
+            lock = RunLock(store.feature_dir(s.dataset, s.extractor, s.key))
+
+            def waiting(owner: Any, where: str = where) -> None:
+                who = owner.describe() if owner is not None else "another process"
+                log(f"waiting for {who}, which is extracting {where}; this run then computes only what "
+                    "that one leaves missing (Ctrl-C to stop waiting; nothing is lost)")
+
+            got = lock.acquire(on_wait=waiting)
+            locks[s.key] = lock
+            if got.took_over is not None:
+                log(f"taking over the run lock of {where} from {got.took_over.describe()}, which ended without "
+                    "releasing it (killed?); its finished shards are kept")
+            stale |= got.replan
+    except BaseException:
+        for lock in locks.values():
+            lock.release()
+        raise
+    return locks, stale
+
+
+def _announce(plan: Plan, log: Log) -> None:
+    for s in plan.stages:
+        for i, detail in s.corrupt:
+            log(f"slot {','.join(s.slots)}: shard {i} of {s.n_shards} is unusable and is recomputed ({detail})")
+        if s.retry:
+            n = sum(t.n for t in s.tasks if t.retry_ids is not None)
+            log(f"slot {','.join(s.slots)}: retrying {n} failed utterance(s) in {len(s.retry)} shard(s)")
 
 
 def extract_features(
@@ -230,10 +332,17 @@ def extract_features(
     batch_size: int | None = None,
     shard_size: int | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
+    hash_media: bool = False,
+    log: Log | None = None,
 ) -> RunSummary:
     """Make every slot's feature set complete and lock it; returns the run summary.
 
-    Only missing shards are computed; a second identical run starts no executor at all.
+    Only missing (or corrupt) shards are computed; a second identical run starts no executor at all.
+    Each feature set is held under its run lock from planning until its slots are locked: a concurrent
+    run on the same cache waits, then computes only what is still missing. `retry_failed` re-extracts
+    the utterances that shards recorded as failed (only those shards); `hash_media` adds the media
+    file's sha256 to new failure records. `log` gets one-line notices (default: stderr).
     """
     from mer_pipe.common.errors import ConfigError
 
@@ -242,21 +351,48 @@ def extract_features(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
     executor = executor or ExecutorConfig()
+    log = log or _stderr
     t0 = time.perf_counter()
-    plan = make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size)
+
+    def planned() -> Plan:
+        return make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size, retry_failed=retry_failed)
+
+    plan = planned()
+    locks, stale = _claim_stages(plan, log)
+    try:
+        if stale:  # another run finished (some of) our work while we waited: look again
+            plan = planned()
+        _announce(plan, log)
+        return _run_plan(plan, locks, executor=executor, device=device, strict=strict, batch_size=batch_size,
+                         progress=progress, hash_media=hash_media, t0=t0)
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _run_plan(plan: Plan, locks: dict[str, Any], *, executor: ExecutorConfig, device: str, strict: bool,
+              batch_size: int | None, progress: bool, hash_media: bool, t0: float) -> RunSummary:
+    """Submit the plan's tasks, finish (and unlock) each stage as its last shard lands."""
     from .finetune import assemble_crossfit, run_finetunes  # the fine-tune stages first (finetune.py)
 
     run_finetunes(plan, device=device, executor=executor, progress=progress)
-    summary = RunSummary(dataset=dataset, executor=executor.kind, stages={
+    summary = RunSummary(dataset=plan.dataset, executor=executor.kind, stages={
         s.key: StageSummary(slots=s.slots, extractor=s.extractor, key=s.key, n_shards=s.n_shards,
-                            cached_shards=s.n_shards - len(s.missing))
+                            cached_shards=s.n_shards - len(s.tasks), n_items=s.n_items,
+                            corrupt_shards=len(s.corrupt), retried_shards=len(s.retry))
         for s in plan.stages
     })
     by_key = {s.key: s for s in plan.stages}
-    remaining = {s.key: len(s.missing) for s in plan.stages}
+    remaining = {s.key: len(s.tasks) for s in plan.stages}
+    written: dict[str, list[str]] = {s.key: [] for s in plan.stages}
+
+    def finish(key: str) -> None:
+        _finish_stage(plan, by_key[key], summary.stages[key], written[key])
+        locks.pop(key, _NoLock).release()  # done: gc may judge it by lock.json again, another run may go on
+
     for s in plan.stages:
-        if s.complete:
-            _finish_stage(plan, s, summary.stages[s.key])
+        if not s.tasks:
+            finish(s.key)
 
     tasks = plan.tasks
     if tasks:
@@ -264,16 +400,17 @@ def extract_features(
             summary.executor = ex.describe()
             threads = 1 if ex.isolated else None
             tasks = [with_run_settings(t, device=device, strict=strict, torch_threads=threads,
-                                       batch_size=batch_size) for t in tasks]
+                                       batch_size=batch_size, hash_media=hash_media or None) for t in tasks]
             bar = Progress(total=sum(t.n for t in tasks), enabled=progress)
             try:
                 for task, result in ex.run(run_shard, tasks):
                     st = summary.stages[task.key]
                     st.add(result)
                     bar.update(result.n, result.n - result.n_ok)
+                    written[task.key].append(task.path)
                     remaining[task.key] -= 1
                     if remaining[task.key] == 0:
-                        _finish_stage(plan, by_key[task.key], st)
+                        finish(task.key)
             finally:
                 bar.close()
     assemble_crossfit(plan, device=device)  # cross-fitted slots (finetune.py); nothing when there are none
