@@ -3,8 +3,8 @@ processes), dev-only selection, resume after SIGKILL, and exit codes of bad opti
 
 The dataset is written straight into a cache (manifest, dataset.json, one locked pooled feature set per slot, via
 the same writer `prepare pickle` uses), so no media and no encoder run: a fresh cache takes well under a second.
-Slot `t` carries the label on train and dev but is noise on test; slot `a` carries it on train and test but is
-noise on dev. A sweep over modalities t vs a therefore has a dev-best config (t) that is not the test-best (a).
+Slot `t` carries the label on train and dev but is noise on test; slot `a` carries it on train and test but only
+faintly on dev (so a run on `a` still selects a trained epoch). A sweep over modalities t vs a therefore has a dev-best config (t) that is not the test-best (a).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ PLANTED = ["trainer.epochs=10", "trainer.patience=0", "trainer.lr=3e-3", "traine
 GRID_2x2 = ["trainer.lr=1e-3,3e-3", "model.dropout=0.1,0.3"]
 
 
-def make_dataset(cache: Path, dialogues: int = 24, per_dialogue: int = 6, dim: int = 16, seed: int = 0) -> Path:
+def make_dataset(cache: Path, dialogues: int = 40, per_dialogue: int = 6, dim: int = 16, seed: int = 0) -> Path:
     """A prepared dataset with locked `t` and `a` features (see the module docstring) in `cache`."""
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.common.files import write_json_atomic
@@ -51,8 +51,8 @@ def make_dataset(cache: Path, dialogues: int = 24, per_dialogue: int = 6, dim: i
     splits = np.array([u.split for u in utts])
     onehot = np.eye(len(CLASSES), dim, dtype=np.float32)[labels]
     noise = lambda: rng.normal(0, 1.0, (len(utts), dim)).astype(np.float32)  # noqa: E731
-    t = np.where((splits == "test")[:, None], noise(), 3.0 * onehot + noise())
-    a = np.where((splits == "dev")[:, None], noise(), 3.0 * onehot + noise())
+    t = np.where((splits == "test")[:, None], noise(), 4.0 * onehot + noise())
+    a = np.where((splits == "dev")[:, None], 0.7 * onehot + 1.5 * noise(), 4.0 * onehot + noise())
     out = dataset_dir(DATASET, cache)
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / "manifest.jsonl", utts)
