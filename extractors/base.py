@@ -198,6 +198,20 @@ def local_hub_commit(repo_id: str, revision: str | None = None) -> str | None:
     return commit if _COMMIT_RE.match(commit) and (repo_dir / "snapshots" / commit).is_dir() else None
 
 
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a hub query raises when it cannot answer: the hub's HTTP errors are OSErrors, transport errors
+    come from its HTTP client (httpx, or the httpx2 fork some huggingface_hub versions use)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError, ValueError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
 def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
     """The commit a hub id + revision resolves to: the revision itself when it is a commit hash; the hub's
     answer when the hub is reachable (an updated model gets a new commit, hence a new key); else the
@@ -207,11 +221,12 @@ def hub_commit(repo_id: str, revision: str | None = None) -> str | None:
         return rev
     if hub_reachable():
         if (repo_id, rev) not in _HUB_COMMITS:
-            try:
-                from huggingface_hub import HfApi
+            from huggingface_hub import HfApi
 
-                _HUB_COMMITS[(repo_id, rev)] = HfApi().model_info(repo_id, revision=rev).sha
-            except (OSError, ValueError):  # requests/hub HTTP errors are OSErrors; a bad id or revision
+            try:
+                _HUB_COMMITS[(repo_id, rev)] = HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(
+                    repo_id, revision=rev, timeout=10).sha
+            except _hub_errors():  # unknown id or revision, gated, or the network went away: ask the cache
                 _HUB_COMMITS[(repo_id, rev)] = None
         if _HUB_COMMITS[(repo_id, rev)]:
             return _HUB_COMMITS[(repo_id, rev)]

@@ -257,6 +257,53 @@ def test_hub_identity_is_the_commit_of_the_cached_snapshot(tmp_path, monkeypatch
     assert ident(revision="nope")["commit"] is None  # unknown here; loading it fails with the usual message
 
 
+def test_hub_identity_follows_the_hub_when_it_answers(tmp_path, monkeypatch):
+    """An updated hub model (a new commit behind `main`) re-keys; a hub that cannot say falls back to the
+    local snapshot. The hub is a local HTTP server speaking the model-info API."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import huggingface_hub.constants
+
+    from mer_pipe.extractors import base
+
+    served = {"sha": "c" * 40, "status": 200}
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"id": "org/tiny-text", "sha": served["sha"], "siblings": []}).encode()
+            self.send_response(served["status"] if "/api/models/" in self.path else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(base, "_HUB_REACHABLE", None)
+        monkeypatch.setattr(base, "_HUB_COMMITS", {})
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+        assert base.weights_identity("org/tiny-text")["commit"] == "c" * 40
+        served["sha"] = "d" * 40  # the model was updated on the hub
+        base._HUB_COMMITS.clear()  # a new process
+        assert base.weights_identity("org/tiny-text")["commit"] == "d" * 40
+        served["status"] = 404  # gone or gated: the local snapshot decides
+        base._HUB_COMMITS.clear()
+        (tmp_path / "hub" / "models--org--tiny-text" / "snapshots" / ("e" * 40)).mkdir(parents=True)
+        (tmp_path / "hub" / "models--org--tiny-text" / "refs").mkdir()
+        (tmp_path / "hub" / "models--org--tiny-text" / "refs" / "main").write_text("e" * 40)
+        assert base.weights_identity("org/tiny-text")["commit"] == "e" * 40
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.slow  # two real `mer-pipe features` processes loading a hub id from a fake local HF cache
 def test_another_snapshot_of_a_hub_model_rekeys_and_is_what_gets_loaded(fresh_cache, tmp_path):
     from mer_pipe.extractors.tiny import ensure_tiny_text
