@@ -26,6 +26,7 @@ from mer_pipe.pipeline.extract.finetune import format_plan, labels_digest, neede
 from mer_pipe.pipeline.extract.plan import make_plan
 from mer_pipe.pipeline.extract.presets import resolve_slots
 from mer_pipe.pipeline.extract.run import extract_features
+from test_executors import scheduler  # noqa: F401  (a real `dask scheduler` + 2 workers, torn down after)
 
 DATASET = "synth-meld"
 SERIAL = ExecutorConfig("serial")
@@ -408,3 +409,32 @@ def test_context_turns_feed_both_the_fine_tune_and_the_extraction(fresh_cache):
     _run(fresh_cache, ["t.finetune.context=2", "t.finetune.epochs=1"])
     tok = json.loads((Path(plan.finetunes[0].path) / "tokenizer_config.json").read_text())
     assert tok.get("truncation_side") == "left"  # long context is cut from the oldest turn, never the utterance
+
+
+def test_with_scheduler_the_fine_tune_runs_on_a_cluster_worker_into_the_shared_cache(fresh_cache, scheduler):  # noqa: F811
+    summary = extract_features(DATASET, _slots(fresh_cache), cache_dir=fresh_cache, device="cpu", progress=False,
+                               executor=ExecutorConfig("dask", scheduler=scheduler))
+    (ft,) = _plan(fresh_cache).finetunes
+    meta = json.loads((Path(ft.path) / "finetune.json").read_text())
+    assert ft.complete and meta["pid"] != os.getpid()  # trained by a worker process, written to the cache
+    assert scheduler in summary.executor
+    assert load_table(FeatureStore(fresh_cache), DATASET, "t").key == _plan(fresh_cache).stages[0].key
+
+
+def test_frozen_layers_and_options_that_change_the_weights_change_the_key(fresh_cache):
+    from mer_pipe.extractors.finetune import _load_encoder, freeze
+    from mer_pipe.extractors.tiny import ensure_tiny_text
+
+    enc, _ = _load_encoder("text", str(ensure_tiny_text(fresh_cache / "_weights" / "tiny-text")), None)
+    freeze(enc, "text", 1)
+    assert not any(p.requires_grad for p in enc.embeddings.parameters())
+    assert not any(p.requires_grad for p in enc.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.encoder.layer[1].parameters())
+    with pytest.raises(ConfigError, match=r"frozen_layers=5.*only 2 layers"):
+        freeze(enc, "text", 5)
+    base = _plan(fresh_cache).finetunes[0].key
+    for opt in ("t.finetune.autocast=true", "t.finetune.frozen_layers=1", "t.finetune.class_weights=balanced",
+                "t.finetune.context=1", "t.finetune.max_length=16"):
+        assert _plan(fresh_cache, [opt]).finetunes[0].key != base, opt
+    # run settings are not part of it: the crossfit all-train stage is the plain one
+    assert _plan(fresh_cache, ["t.finetune.crossfit=2"]).finetunes[0].key == base
