@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from mer_pipe.common.errors import CacheError
 from mer_pipe.common.files import TMP_MARK, identity_changed, temp_writer_dead
 
-from .runlock import RunLock
+from .runlock import RunLock, holder
 from .shard import read_shard
 from .store import SHARD_RE, SPEC_FILE, FeatureStore
 
@@ -307,13 +307,7 @@ def _remove_set(fdir: Path, root: Path) -> bool:
 
 def _in_use(fdir: Path) -> bool:
     """A live feature run holds the set's run lock (it planned the set, or is writing it)."""
-    lock = RunLock(fdir, write_record=False)
-    if not lock.path.is_file():
-        return False
-    if lock.try_acquire():
-        lock.release()
-        return False
-    return True
+    return holder(fdir)[0]
 
 
 def gc(store: FeatureStore, *, dry_run: bool = True, grace_s: float = 600.0) -> list[Path]:

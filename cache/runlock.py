@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from mer_pipe.common.errors import CacheError
+
 LOCK_NAME = ".run.lock"
 
 
@@ -138,9 +140,14 @@ class RunLock:
     def _open(self) -> tuple[int, bool]:
         """(fd, created folder) for the lock file; creates the folder when missing (gc removed it)."""
         created = not self.dir.is_dir()
-        if created:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o664), created
+        try:
+            if created:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o664), created
+        except PermissionError:
+            raise CacheError(f"cannot open the run lock {self.path} for writing (permission denied); a feature run "
+                             "needs write access to the cache: use a cache you can write (--cache-dir) or ask its "
+                             "owner for group write permission") from None
 
     def _take(self, blocking: bool) -> tuple[bool, Owner | None, bool]:
         """One attempt: (got it, the previous record, folder recreated)."""
