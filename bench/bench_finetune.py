@@ -8,13 +8,18 @@ Reads the MELD CSVs from ../shared/data/meld (text-only prepare, as bench_meld_t
 `meld-text-ft` in its own cache (runs/bench-finetune-cache, git-ignored). Steps, each recorded in the JSON as
 soon as it is done (a run cut short leaves what it measured, and says what it did not):
 
+Order (so that a run cut short by a loaded machine still has a complete model table): the first context is
+fine-tuned and the models trained on it, then each further context is fine-tuned (when its estimated time
+fits before --stop-by) and gets the models when its encoder's dev score is higher.
+
 1. For each --contexts K: `mer-pipe features --only t --set t.finetune=true --set t.finetune.context=K ...`
    through `api.extract` (serial executor: the fine-tune runs in this process): fine-tune the packaged
    all-MiniLM-L6-v2 on MELD train (dev picks the epoch), extract mean-pooled features from the fine-tuned
    encoder. Fine-tune wall time, utterances/s, per-epoch dev W-F1 come from the checkpoint's finetune.json.
 2. The encoder's own classifier (its head) scored on test, for reporting only (the stage never reads test).
-3. The setting with the best encoder dev W-F1 is locked as `t` (dev decides, test is not looked at).
-4. The four models and two baselines on it: `api.train(..., modalities="t", select_on="dev")`, --seeds.
+3. Dev decides: the reported model table is that of the setting with the best encoder dev W-F1 among those
+   the models ran on (test is not looked at).
+4. The four models and two baselines: `api.train(..., modalities="t", select_on="dev")`, --seeds.
 5. With --crossfit N: the chosen setting cross-fitted (N fold encoders + the all-train one), the two
    baselines trained on it, and their dev W-F1 compared with the same baselines on the plain features.
 
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stop-by", default=None, help="HH:MM UTC: start no new fine-tune or model after it")
     ap.add_argument("--quick", action="store_true", help="plumbing check: tiny data, 1 seed, 2 model epochs")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "bench-finetune-cache")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -137,8 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     info, utts = load_dataset(DATASET, cache)
     test = [u for u in utts if u.split == "test" and u.label_id is not None]
 
-    # 1-2: fine-tune + extract per context; the encoder's own classifier on test (reporting only)
-    for k in report["contexts"]:
+    seeds = "0" if args.quick else args.seeds
+    quick_sets = ["trainer.epochs=2", "trainer.patience=0"] if args.quick else []
+
+    def seconds_left() -> float:
+        if not args.stop_by:
+            return float("inf")
+        hh, mm = (int(x) for x in args.stop_by.split(":"))
+        now = time.gmtime()
+        return (hh * 3600 + mm * 60) - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec)
+
+    def time_left() -> bool:
+        return seconds_left() > 0
+
+    def finetune_setting(k: int) -> None:
+        """Fine-tune + extract one context setting; the encoder's own classifier on test (reporting only)."""
         sets = finetune_sets(k, args.epochs)
         t0 = time.perf_counter()
         api.extract(DATASET, only="t", sets=sets, cache_dir=cache, executor="serial", device=device, progress=False)
@@ -165,19 +184,6 @@ def main(argv: list[str] | None = None) -> int:
               f"fine-tune {meta['wall_seconds']:.0f}s ({rec['utt_per_s']:.1f} utt/s)", flush=True)
         note_load(f"after fine-tune context={k}")
 
-    # 3: dev picks the setting
-    chosen = max(report["settings"], key=lambda s: report["settings"][s]["dev_weighted_f1"])
-    report["chosen_setting"] = chosen
-    report["chosen_by"] = "highest encoder dev weighted F1 (test not consulted)"
-    chosen_sets = report["settings"][chosen]["finetune_sets"]
-    api.extract(DATASET, only="t", sets=chosen_sets, cache_dir=cache, executor="serial", device=device,
-                progress=False)  # cached: re-locks t to the chosen features
-    save()
-
-    # 4: the models on the chosen fine-tuned features
-    seeds = "0" if args.quick else args.seeds
-    quick_sets = ["trainer.epochs=2", "trainer.patience=0"] if args.quick else []
-
     def train(model: str, tag: str) -> dict:
         t0 = time.perf_counter()
         res = api.train(model, DATASET, modalities="t", seeds=seeds, select_on="dev", sets=quick_sets, device=device,
@@ -193,23 +199,72 @@ def main(argv: list[str] | None = None) -> int:
             "run_dir": str(res.run_dir),
         }
 
-    clf = report["settings"][chosen]["encoder_classifier_test_weighted_f1"]
-    for model in args.models.split(","):
-        r = train(model, chosen.replace("=", ""))
-        r["at_or_above_encoder_classifier"] = r["test_weighted_f1_mean"] >= clf
-        report["models"][model] = r
-        print(f"{model:12s} test W-F1 {r['test_weighted_f1_mean']:5.2f} ± {r['test_weighted_f1_std']:4.2f}  "
-              f"dev {r['dev_weighted_f1_mean']:5.2f}  ({r['seconds_total']:.0f}s)", flush=True)
-        note_load(f"after {model}")
-    published = [report["models"][m]["test_weighted_f1_mean"] for m in PUBLISHED if m in report["models"]]
-    report["targets"] = {
-        "every_published_model_at_or_above_encoder_classifier": all(v >= clf for v in published) if published else None,
-        "best_published_at_or_above_62": (max(published) >= 62.0) if published else None,
-        "encoder_classifier_test_weighted_f1": clf,
-    }
+    def models_on(setting: str) -> None:
+        """The six models on one setting's features (locked as t first; cached, so nothing is recomputed)."""
+        api.extract(DATASET, only="t", sets=report["settings"][setting]["finetune_sets"], cache_dir=cache,
+                    executor="serial", device=device, progress=False)
+        clf = report["settings"][setting]["encoder_classifier_test_weighted_f1"]
+        results = report["models_by_setting"].setdefault(setting, {})
+        for model in args.models.split(","):
+            if not time_left():
+                report["not_measured"].append(f"{model} on {setting}: --stop-by {args.stop_by} UTC reached")
+                continue
+            r = train(model, setting.replace("=", ""))
+            r["at_or_above_encoder_classifier"] = r["test_weighted_f1_mean"] >= clf
+            results[model] = r
+            print(f"{setting} {model:12s} test W-F1 {r['test_weighted_f1_mean']:5.2f} ± {r['test_weighted_f1_std']:4.2f}"
+                  f"  dev {r['dev_weighted_f1_mean']:5.2f}  ({r['seconds_total']:.0f}s)", flush=True)
+            note_load(f"after {model} on {setting}")
+
+    def choose() -> None:
+        """Dev decides among the settings the models were trained on (test is not consulted)."""
+        trained = [s for s in report["settings"] if report["models_by_setting"].get(s)]
+        best_dev = max(report["settings"], key=lambda s: report["settings"][s]["dev_weighted_f1"])
+        chosen = max(trained, key=lambda s: report["settings"][s]["dev_weighted_f1"]) if trained else best_dev
+        report["chosen_setting"] = chosen
+        report["chosen_by"] = "highest encoder dev weighted F1 among the settings the models ran on"
+        if chosen != best_dev:
+            report["not_measured"].append(f"the models on {best_dev} (its encoder dev W-F1 is higher) did not run")
+        report["models"] = report["models_by_setting"].get(chosen, {})
+        clf = report["settings"][chosen]["encoder_classifier_test_weighted_f1"]
+        published = [report["models"][m]["test_weighted_f1_mean"] for m in PUBLISHED if m in report["models"]]
+        report["targets"] = {
+            "encoder_classifier_test_weighted_f1": clf,
+            "every_published_model_at_or_above_encoder_classifier": all(v >= clf for v in published) if published else None,
+            "best_published_at_or_above_62": (max(published) >= 62.0) if published else None,
+        }
+        save()
+
+    # The first context is fine-tuned and the models trained on it before the next context is fine-tuned, so
+    # a run cut short (a loaded machine) still has a complete model table; every later context whose encoder
+    # scores higher on dev gets the models too (time permitting), and dev chooses the reported table.
+    report["models_by_setting"] = {}
+    ks = report["contexts"]
+    finetune_setting(ks[0])
+    models_on(f"context={ks[0]}")
+    choose()
+    for k in ks[1:]:
+        # at the rate measured for the first context (longer inputs: scaled by the max-length ratio)
+        first = report["settings"][f"context={ks[0]}"]
+        ratio = MAX_LENGTH.get(k, 128) / MAX_LENGTH.get(ks[0], 128)
+        estimate = first["n_train"] * args.epochs / first["finetune_utt_per_s"] * ratio
+        if estimate > seconds_left():
+            report["not_measured"].append(
+                f"fine-tune context={k}: estimated {estimate / 60:.0f} min at the measured "
+                f"{first['finetune_utt_per_s']:.1f} utt/s x{ratio:.1f} for longer inputs, more than the time left before "
+                f"--stop-by {args.stop_by} UTC")
+            save()
+            continue
+        finetune_setting(k)
+        best = max(report["settings"], key=lambda s: report["settings"][s]["dev_weighted_f1"])
+        if best == f"context={k}":
+            models_on(best)
+        choose()
+    chosen = report["chosen_setting"]
+    chosen_sets = report["settings"][chosen]["finetune_sets"]
 
     # 5: does cross-fitting pay on dev? (the two baselines, same seeds)
-    if args.crossfit:
+    if args.crossfit and time_left():
         k = int(chosen.split("=")[1])
         sets = finetune_sets(k, args.epochs, args.crossfit)
         t0 = time.perf_counter()
@@ -229,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         api.extract(DATASET, only="t", sets=chosen_sets, cache_dir=cache, executor="serial", device=device,
                     progress=False)
     else:
-        report["not_measured"].append("cross-fitting (run with --crossfit N): whether it pays on dev is not measured")
+        report["not_measured"].append("cross-fitting: whether it pays on dev is not measured"
+                                      + (" (--stop-by reached)" if args.crossfit else " (run with --crossfit N)"))
     report["status"] = "complete"
     save()
     print(f"wrote {args.out}")
