@@ -33,7 +33,7 @@ def _features(cache: Path, only: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=out, stderr=err, env=ENV)
 
 
-def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 180.0):
+def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 300.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         got = cond()
