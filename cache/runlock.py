@@ -10,6 +10,12 @@ slots are locked. The file's content is a JSON record of the owner: `{"pid", "ho
   different inode. gc deletes a feature set only while holding its lock itself, and a run that acquires
   a lock checks that the file it locked is still the one at the path (otherwise it locks again).
 * On NFS, Linux maps flock to POSIX byte-range locks, which also work across machines.
+
+Why one lock per feature set and not per-shard claims: the driver holds it, so executors and workers
+(serial, a local dask cluster, a remote scheduler) need no locking at all; it also covers the time
+before a set's first shard is written (a planned, queued stage), which is what gc must respect; and a
+second run that waits loses little, since it would only duplicate the first run's work. Two runs that
+want different sets of one dataset still run side by side.
 """
 from __future__ import annotations
 
