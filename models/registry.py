@@ -1,6 +1,7 @@
 """Model registry: `build_model(name, task, modalities, config)`; names are saved in checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 from mer_pipe.common.config import Config
@@ -17,6 +18,16 @@ class ModelConfig(Config):
     and checked from their annotations (common/config.py); `validate()` adds range rules."""
 
     section: ClassVar[str] = "model"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # Rules every model shares, so a typo fails here and not inside torch: rates in [0, 1), sizes not negative.
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name.endswith("dropout"):
+                self.require(0.0 <= value < 1.0, f.name, "must be in [0, 1) (a dropout probability)")
+            elif type(value) is int:
+                self.require(value >= 0, f.name, "must be >= 0")
 
 
 def build_model(name: str, task: TaskInfo, modalities: tuple[str, ...], config: dict[str, Any] | None = None):

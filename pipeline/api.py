@@ -22,7 +22,7 @@ Log = Callable[[str], None]
 
 
 def prepare(recipe: str, root: str | Path | None, *, name: str | None = None, cache_dir: str | Path | None = None,
-            manifest: str | Path | None = None, probe: bool = False) -> PrepareReport:
+            manifest: str | Path | None = None, probe: bool = False, allow_outside_root: bool = False) -> PrepareReport:
     """Read a corpus into a validated manifest in the cache; the report lists what was found and what is wrong."""
     from mer_pipe.common.errors import ConfigError
     from mer_pipe.pipeline.corpus.prepare import prepare as run_prepare
@@ -33,7 +33,8 @@ def prepare(recipe: str, root: str | Path | None, *, name: str | None = None, ca
         raise ConfigError(f"--root {root} does not exist; point it at the corpus ({rec.layout})")
     if manifest is not None and not Path(manifest).is_file():
         raise ConfigError(f"--manifest {manifest} is not a file; give the JSONL manifest (docs/contracts.md)")
-    return run_prepare(rec.name, root, name=name, cache_dir=cache_dir, manifest_file=manifest, probe=probe)
+    return run_prepare(rec.name, root, name=name, cache_dir=cache_dir, manifest_file=manifest, probe=probe,
+                       allow_outside_root=allow_outside_root)
 
 
 def extract(dataset: str, *, preset: str | None = None, only: str | None = None, sets: Sequence[str] = (),

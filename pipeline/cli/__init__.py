@@ -2,6 +2,7 @@
 composes them and turns every `MerPipeError` into one line on stderr and exit code 2."""
 from __future__ import annotations
 
+import functools
 import sys
 
 import typer
@@ -20,6 +21,8 @@ app = typer.Typer(
 def _compose() -> None:
     # Each module defines plain typer command functions and imports its heavy dependencies inside them,
     # so `mer-pipe --help` stays fast.
+    if app.registered_commands:
+        return
     from . import data as commands_data, features as commands_features, train as commands_train
 
     app.command("synth")(commands_data.synth)
@@ -35,15 +38,37 @@ def _compose() -> None:
     from . import runs as commands_runs
 
     app.add_typer(commands_runs.runs_app, name="runs")
-    from . import sweep as commands_sweep; app.command("sweep")(commands_sweep.sweep)  # noqa: E702
+    from . import sweep as commands_sweep
+
+    app.command("sweep")(commands_sweep.sweep)
+    _wrap_commands(app)
+
+
+def _interruptible(fn):
+    """typer turns a KeyboardInterrupt inside a command into a bare exit code 130, losing what the command said
+    was kept; catch it first and say it."""
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc)
+    return command
+
+
+def _wrap_commands(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        info.callback = _interruptible(info.callback)
+    for group in typer_app.registered_groups:
+        _wrap_commands(group.typer_instance)
 
 
 def _interrupted(exc: BaseException) -> None:
     # click turns Ctrl-C into Abort; the KeyboardInterrupt underneath may say what was kept (train does).
     ki = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
     said = str(ki) if isinstance(ki, KeyboardInterrupt) and str(ki) else ""
-    print(f"mer-pipe: interrupted; {said or 'every completed shard and run file is kept'}; rerun the same command "
-          "to resume (finished work is reused)", file=sys.stderr)
+    said = said or "every completed shard and run file is kept; rerun the same command to resume (finished work is reused)"
+    print(f"mer-pipe: interrupted; {said}", file=sys.stderr)
     sys.exit(130)
 
 

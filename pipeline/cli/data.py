@@ -45,6 +45,7 @@ def prepare(
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="JSONL manifest for the 'manifest' recipe (schema in docs/contracts.md).")] = None,
     probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
+    allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help="Accept manifest media paths that leave --root (.. or absolute paths elsewhere).")] = False,
     layout: Annotated[Optional[str], typer.Option(help="pickle only: mmgcn-iemocap, mmgcn-meld, dialoguernn-meld, cosmic-iemocap or cosmic-meld (default: detected).")] = None,
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
@@ -53,18 +54,14 @@ def prepare(
 
         prepare_pickle(root, name=name, cache_dir=cache_dir, layout=layout)
         return
+    from mer_pipe.pipeline.api import prepare as run_prepare
     from mer_pipe.pipeline.corpus.manifest import dataset_dir
-    from mer_pipe.pipeline.corpus.prepare import prepare as run_prepare
-    from mer_pipe.pipeline.corpus.recipes import RECIPES, get_recipe
+    from mer_pipe.pipeline.corpus.recipes import RECIPES
 
     if recipe is None:
         raise ConfigError(f"mer-pipe prepare needs a RECIPE; choose one of: {', '.join(RECIPES.names())}")
-    rec = get_recipe(recipe)  # unknown recipe -> ConfigError listing the choices
-    if root is not None and not root.exists():
-        raise ConfigError(f"--root {root} does not exist; point it at the corpus ({rec.layout})")
-    if manifest is not None and not manifest.is_file():
-        raise ConfigError(f"--manifest {manifest} is not a file; give the JSONL manifest (docs/contracts.md)")
-    report = run_prepare(rec.name, root, name=name, cache_dir=cache_dir, manifest_file=manifest, probe=probe)
+    report = run_prepare(recipe, root, name=name, cache_dir=cache_dir, manifest=manifest, probe=probe,
+                         allow_outside_root=allow_outside_root)
     import json
 
     info = json.loads((dataset_dir(report.name, cache_dir) / "dataset.json").read_text(encoding="utf-8"))

@@ -149,10 +149,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist; write one JSON object per utterance (docs/contracts.md)")
     utts: list[Utterance] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"{path}:{lineno}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); "
+                                    "re-save the manifest as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:

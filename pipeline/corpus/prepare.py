@@ -7,6 +7,7 @@ is prepared. Only a layout it cannot recognise at all is an error.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -110,11 +111,13 @@ def prepare(
     cache_dir: str | Path | None = None,
     manifest_file: str | Path | None = None,
     probe: bool = False,
+    allow_outside_root: bool = False,
 ) -> PrepareReport:
     """Run recipe `recipe` on corpus `root` and write `<cache>/<name>/{manifest.jsonl,dataset.json,prepare_report.json}`.
 
     `name` defaults to the recipe name; `manifest_file` is the user JSONL for the `manifest` recipe;
     `probe` decodes every media file to report undecodable, truncated or audio-less clips.
+    Media paths must stay inside `root` (no `..`, no absolute paths elsewhere) unless `allow_outside_root`.
     """
     from .recipes import get_recipe
 
@@ -135,6 +138,8 @@ def prepare(
     if not utts:
         raise ConfigError(f"recipe {rec.name!r} found no utterances under {root}; expected {rec.layout}")
     validate_utterances(utts, f"recipe {rec.name}")  # a recipe bug must not reach the cache
+    if not allow_outside_root:
+        _check_inside(root, utts)
     report.count(utts)
     label_names = list(rec.labels) if rec.labels else _labels_from(utts)
 
@@ -146,6 +151,21 @@ def prepare(
     _write_json(out / "dataset.json", info)
     _write_json(out / "prepare_report.json", report.to_dict())
     return report
+
+
+def _check_inside(root: Path, utts: list[Utterance]) -> None:
+    """Refuse media paths that leave the corpus root lexically (`..`, absolute paths elsewhere). Symlinks inside
+    the root are followed on purpose: corpora are often assembled from links to other disks."""
+    base = os.path.normpath(root)
+    for u in utts:
+        for kind in ("video", "audio"):
+            rel = getattr(u, kind)
+            if rel is None:
+                continue
+            full = os.path.normpath(os.path.join(base, rel))
+            if os.path.commonpath([base, full]) != base:
+                raise ConfigError(f"utterance {u.id!r}: {kind} path {rel!r} resolves to {full}, outside --root {root}; "
+                                  "move the media under the root, or pass --allow-outside-root if that is intended")
 
 
 def _labels_from(utts: list[Utterance]) -> list[str]:

@@ -46,6 +46,45 @@ class ExecutorConfig:
             raise ConfigError(f"--workers {self.workers} must be >= 1")
         if self.scheduler is not None and self.kind != "dask":
             raise ConfigError(f"--scheduler {self.scheduler} needs --executor dask (got --executor {self.kind})")
+        if self.scheduler is not None:
+            check_scheduler_address(self.scheduler)
+
+
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# What one local worker process needs at most for the heaviest extractor (swin/wav2vec2 + a decoded batch).
+WORKER_MEMORY_BYTES = 2 * 1024**3
+
+
+def check_scheduler_address(address: str) -> str | None:
+    """Refuse an address dask cannot dial; return a one-line security note when it is not local and not TLS."""
+    scheme, sep, rest = address.partition("://")
+    host = rest.rsplit(":", 1)[0] if sep else ""
+    if not sep or scheme not in SCHEDULER_SCHEMES or not host:
+        raise ConfigError(f"--scheduler {address!r} is not a dask address; use SCHEME://HOST:PORT with SCHEME one of "
+                          f"{', '.join(SCHEDULER_SCHEMES)} (e.g. tcp://10.0.0.5:8786, as printed by `dask scheduler`)")
+    if scheme != "tls" and host not in LOCAL_HOSTS:
+        return (f"note: dask exchanges pickled tasks and results with {address}; use it only on a trusted network, or "
+                "start the cluster with TLS (tls:// addresses and dask's distributed.comm.tls security settings)")
+    return None
+
+
+def cap_workers(requested: int) -> tuple[int, str | None]:
+    """`requested` local worker processes, capped at the cores (one thread each) and at the memory they need."""
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    by_mem = max(1, mem // WORKER_MEMORY_BYTES) if mem else requested
+    cap = max(1, min(cores, by_mem))
+    if requested <= cap:
+        return requested, None
+    return cap, (f"mer-pipe: --workers {requested} capped at {cap}: this machine has {cores} cores"
+                 + (f" and {mem / 1024**3:.0f} GiB of memory (about {WORKER_MEMORY_BYTES // 1024**3} GiB per worker)" if mem else "")
+                 + "; more worker processes would only compete for them")
 
 
 def default_workers() -> int:
@@ -103,6 +142,9 @@ class DaskExecutor(Executor):
 
         self._cluster = None
         if scheduler:
+            note = check_scheduler_address(scheduler)
+            if note:
+                print(f"mer-pipe: {note}", file=sys.stderr)
             try:
                 self._client = Client(scheduler, timeout=connect_timeout)
             except (OSError, TimeoutError) as exc:
@@ -116,7 +158,9 @@ class DaskExecutor(Executor):
         else:
             import dask
 
-            n = workers or default_workers()
+            n, note = cap_workers(workers or default_workers())
+            if note:
+                print(note, file=sys.stderr)
             # Worker processes import torch before they report in; on a loaded machine that can pass
             # dask's 30 s default and the nanny gives up, so allow more time to start.
             with dask.config.set({"distributed.comm.timeouts.connect": "120s"}):

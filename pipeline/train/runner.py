@@ -2,10 +2,13 @@
 write the run directory after each finished seed, so an interrupted run keeps what it finished."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -23,6 +26,23 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]
     config: RunConfig
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while the block runs and raise it right after, so finished work is always written whole.
+    (A Python-level handler, not a signal mask: torch's threads would take a masked signal for the process.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -83,6 +103,16 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
         f"select on {cfg.select_on}, seeds {','.join(map(str, cfg.seeds))}, up to {cfg.trainer.epochs} epochs")
     records: list[RunRecord] = []
     t0, metrics = time.perf_counter(), {}
+
+    def finished() -> list[int]:  # seeds whose every fold is in `records`
+        return [s for s in cfg.seeds if sum(r.seed == s for r in records) == len(folds)]
+
+    def save() -> dict[str, Any]:
+        done = finished()
+        with interrupts_deferred():  # a second Ctrl-C lands after the files are written whole
+            return write_run(out, cfg, [r for r in records if r.seed in done], corpus, notes=notes,
+                             cache_root=cache_dir, complete=done == list(cfg.seeds), wall_seconds=time.perf_counter() - t0)
+
     bar = TrainProgress(len(cfg.seeds) * len(folds), cfg.trainer.epochs, cfg.select_on, enabled=progress, log=log)
     try:
         for seed in cfg.seeds:
@@ -90,14 +120,17 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
                 bar.start(f"seed {seed}" + ("" if fold.name == "split" else f" {fold.name}"))
                 res = fit(cfg.model, cfg.model_config, corpus, cfg.modalities, fold, cfg.trainer, seed, device,
                           on_epoch=bar.epoch)
-                bar.finish(res)
                 records.append(RunRecord(seed, fold.name, res, [corpus.ids[i] for i in np.flatnonzero(fold.test.keep)]))
-            metrics = write_run(out, cfg, records, corpus, notes=notes, cache_root=cache_dir,
-                                complete=seed == cfg.seeds[-1], wall_seconds=time.perf_counter() - t0)
+                bar.finish(res)
+            metrics = save()
     except KeyboardInterrupt:
         bar.close()
-        done = sorted({r.seed for r in records})
-        kept = f"kept seeds {','.join(map(str, done))} in {out}" if done and metrics else "no seed had finished"
+        done = finished()
+        if done and metrics.get("seeds") != sorted(done):
+            metrics = save()  # the signal came between a seed's end and its write
+        rest = ",".join(str(x) for x in cfg.seeds if x not in done)
+        kept = (f"kept seeds {','.join(map(str, done))} in {out} (marked incomplete); for the rest rerun with "
+                f"--seeds {rest} and another --out") if done else "no seed had finished; rerun the same command"
         raise KeyboardInterrupt(f"training interrupted; {kept}") from None
     bar.close()
     log(format_summary(metrics))

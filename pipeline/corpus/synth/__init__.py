@@ -17,6 +17,10 @@ DEFAULT_DIALOGUES = 20
 DEFAULT_SEED = 0
 
 
+# Bigger than MELD (1,433 dialogues) and still a few GB of clips: anything above is a typo, not a corpus.
+MAX_DIALOGUES = 2000
+
+
 @dataclass(frozen=True)
 class SynthResult:
     """Where the corpus is and what it holds; `faults` = the rows of faults.json."""
@@ -50,6 +54,9 @@ def synthesize(
     seed = DEFAULT_SEED if seed is None else int(seed)
     if dialogues < 3:
         raise ConfigError(f"--dialogues {dialogues} is too few; need at least 3 (one per split: train, dev, test)")
+    if dialogues > MAX_DIALOGUES:
+        raise ConfigError(f"--dialogues {dialogues} is more than {MAX_DIALOGUES} (the real MELD has 1,433 dialogues; a synthetic "
+                          "dialogue writes about 10 clips); use at most that many")
     if text_from is not None:
         if recipe != "meld":
             raise ConfigError("--text-from only works with recipe 'meld' (it reads the real MELD CSVs)")
