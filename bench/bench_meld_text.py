@@ -96,32 +96,37 @@ def model_result(sweep_dir: Path, state: dict, model: str) -> dict:
 
 
 def time_executors(cache: Path, repeats: int) -> dict:
-    """Wall time of the same small sweep serially and on a local dask cluster (cluster start-up included),
-    alternating so both see the same machine load; fresh sweep dirs, so nothing is reused."""
+    """Wall time of the same small sweep serially (torch on all cores, and on one thread) and on a local dask
+    cluster (cluster start-up included), alternating so all see the same machine load; fresh sweep dirs, so
+    nothing is reused."""
     from mer_pipe.pipeline import api
 
     base = ROOT / "runs" / "bench-meld-text" / "timing"
-    walls: dict[str, list[float]] = {"serial": [], "dask": []}
+    variants = {"serial": {"executor": "serial"}, "dask": {"executor": "dask"},
+                "serial_1thread": {"executor": "serial", "threads": 1}}
+    walls: dict[str, list[float]] = {k: [] for k in variants}
     metrics: dict[str, dict] = {}
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     for i in range(repeats):
-        for kind in ("serial", "dask"):
-            out = base / f"{kind}-{i}"
+        for name, kw in variants.items():
+            out = base / f"{name}-{i}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             res = api.sweep(TIMING["model"], DATASET, grid=TIMING["grid"], seeds=TIMING["seeds"], sets=TIMING["sets"],
-                            modalities="t", device="cpu", cache_dir=cache, out=out, executor=kind, log=lambda s: None)
-            walls[kind].append(time.perf_counter() - t0)
-            metrics[kind] = {r["label"]: r["sel_weighted_f1"]["mean"] for r in res.state["configs_table"]}
-            print(f"timing {kind} #{i}: {walls[kind][-1]:.1f}s ({res.state['executor']}, "
+                            modalities="t", device="cpu", cache_dir=cache, out=out, log=lambda s: None, **kw)
+            walls[name].append(time.perf_counter() - t0)
+            metrics[name] = {r["label"]: r["sel_weighted_f1"]["mean"] for r in res.state["configs_table"]}
+            print(f"timing {name} #{i}: {walls[name][-1]:.1f}s ({res.state['executor']}, "
                   f"{res.state['threads_per_run']} torch thread(s) per run)", flush=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
     return {"sweep": {**TIMING, "runs": 4}, "repeats": repeats, "cores": os.cpu_count(),
-            "serial_seconds": walls["serial"], "dask_seconds": walls["dask"],
-            "serial_median_s": med["serial"], "dask_median_s": med["dask"],
+            **{f"{k}_seconds": v for k, v in walls.items()}, **{f"{k}_median_s": v for k, v in med.items()},
             "speedup_dask_over_serial": med["serial"] / med["dask"],
-            "same_dev_scores": metrics["serial"] == metrics["dask"],
-            "setup": "serial: one process, torch on all cores; dask: local cluster, cores worker processes x 1 torch "
-                     "thread, start-up included; load average at start: " + " ".join(f"{x:.1f}" for x in os.getloadavg())}
+            "speedup_dask_over_serial_1thread": med["serial_1thread"] / med["dask"],
+            "same_dev_scores": metrics["serial"] == metrics["dask"] == metrics["serial_1thread"],
+            "setup": "serial: one process, torch on all cores; serial_1thread: one process, one torch thread; dask: "
+                     "local cluster, one worker process per core x 1 torch thread, start-up included",
+            "load_average_at_start": load, "load_average_at_end": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
               f"dev W-F1 {r['dev_weighted_f1_mean']:5.2f}   {r['seconds_per_epoch']:5.1f} s/epoch"
               + ("" if r["meets_target"] else f"   BELOW TARGET {TARGET_WF1}"), flush=True)
     if timing:
-        print(f"sweep wall time, medians of {timing['repeats']}: serial {timing['serial_median_s']:.1f}s, local dask "
-              f"{timing['dask_median_s']:.1f}s ({timing['speedup_dask_over_serial']:.2f}x)", flush=True)
+        print(f"sweep wall time, medians of {timing['repeats']}: serial {timing['serial_median_s']:.1f}s, serial 1 thread "
+              f"{timing['serial_1thread_median_s']:.1f}s, local dask {timing['dask_median_s']:.1f}s "
+              f"({timing['speedup_dask_over_serial']:.2f}x)", flush=True)
     print(f"wrote {args.out}")
     return 0 if args.quick or all(r["meets_target"] for r in results.values()) else 1
 
