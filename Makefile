@@ -8,6 +8,9 @@ ROOT ?=
 PRESET ?= offline
 MODEL ?= ar-iigcn
 WORKERS ?=
+ONLY ?=
+MODALITIES ?=
+SEEDS ?=
 APT_PACKAGES := ffmpeg espeak-ng
 
 .PHONY: setup demo test test-all features train bench clean-demo
@@ -36,14 +39,15 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/pytest -q -m ""
 
-## make features DATASET=meld ROOT=/data/MELD.Raw PRESET=paper
+## make features DATASET=meld ROOT=/data/MELD.Raw [PRESET=paper] [ONLY=t,a] [WORKERS=2]
+## (slots whose modality the corpus has no files for are skipped: ROOT=<folder of the MELD CSVs> gives text only)
 features: setup
 	@if [ -n "$(ROOT)" ]; then $(BIN)/mer-pipe prepare $(DATASET) --root "$(ROOT)"; fi
-	$(BIN)/mer-pipe features --dataset $(DATASET) --preset $(PRESET) $(if $(WORKERS),--workers $(WORKERS))
+	$(BIN)/mer-pipe features --dataset $(DATASET) --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) $(if $(WORKERS),--workers $(WORKERS))
 
-## make train DATASET=meld MODEL=ar-iigcn
+## make train DATASET=meld MODEL=ar-iigcn [MODALITIES=t] [SEEDS=0,1,2]  (default modalities: every slot with features)
 train: setup
-	$(BIN)/mer-pipe train --model $(MODEL) --dataset $(DATASET)
+	$(BIN)/mer-pipe train --model $(MODEL) --dataset $(DATASET) $(if $(MODALITIES),--modalities $(MODALITIES)) $(if $(SEEDS),--seeds $(SEEDS))
 
 bench: setup
 	$(BIN)/python bench/bench_features.py

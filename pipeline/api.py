@@ -40,8 +40,13 @@ def prepare(recipe: str, root: str | Path | None, *, name: str | None = None, ca
 def extract(dataset: str, *, preset: str | None = None, only: str | None = None, sets: Sequence[str] = (),
             executor: str | None = None, workers: int | None = None, scheduler: str | None = None,
             device: str | None = None, strict: bool = False, cache_dir: str | Path | None = None,
-            batch_size: int | None = None, shard_size: int | None = None, progress: bool = True) -> RunSummary:
-    """Extract the preset's slots (only missing shards) and lock them; see `mer-pipe features --help`."""
+            batch_size: int | None = None, shard_size: int | None = None, progress: bool = True,
+            retry_failed: bool = False, hash_media: bool = False, log: Log = print) -> RunSummary:
+    """Extract the preset's slots (only missing shards) and lock them; see `mer-pipe features --help`.
+
+    Checks the options and the prepared dataset before anything is built; slots whose modality the manifest
+    has no files for are skipped (one line each to `log`); a fine-tune DAG is shown before it runs."""
+    from mer_pipe.pipeline.corpus.manifest import load_dataset
     from mer_pipe.pipeline.extract.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.presets import DEFAULT_PRESET, resolve_slots
     from mer_pipe.pipeline.extract.run import extract_features
@@ -49,9 +54,17 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
     ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind),
                             workers=workers, scheduler=scheduler)
     root = cache_root(cache_dir)
-    slots = resolve_slots(preset or DEFAULT_PRESET, only, sets, cache_root=root)
+    _, utts = load_dataset(dataset, root)  # not prepared: say so before any checkpoint is built
+    media = {"text"} | {"audio" for u in utts if u.audio} | {"video" for u in utts if u.video}
+    slots = resolve_slots(preset or DEFAULT_PRESET, only, sets, cache_root=root, media=media, on_skip=log)
+    if any(s.finetune is not None for s in slots):
+        from mer_pipe.pipeline.extract.finetune import format_plan
+        from mer_pipe.pipeline.extract.plan import make_plan
+
+        log(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size)))  # the DAG, and what is cached
     return extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
-                            strict=strict, batch_size=batch_size, shard_size=shard_size, progress=progress)
+                            strict=strict, batch_size=batch_size, shard_size=shard_size, progress=progress,
+                            retry_failed=retry_failed, hash_media=hash_media)
 
 
 def train_config(model: str | None = None, dataset: str | None = None, *, config_file: str | Path | None = None,

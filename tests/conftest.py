@@ -9,14 +9,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The real MELD annotation CSVs (train/dev/test_sent_emo.csv); no clips needed.
+MELD_CSV_ENV = "MER_PIPE_MELD_CSV"
+MELD_CSV = Path(os.environ.get(MELD_CSV_ENV) or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meld")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "meld" / "train_sent_emo.csv").exists():
-        pytest.skip(f"reference data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def meld_csv() -> Path:
+    """The folder of the real MELD CSVs: $MER_PIPE_MELD_CSV, else ../shared/data/meld."""
+    if not (MELD_CSV / "train_sent_emo.csv").exists():
+        pytest.skip(f"the MELD CSVs are not at {MELD_CSV}; set {MELD_CSV_ENV} to the folder holding train_sent_emo.csv")
+    return MELD_CSV
 
 
 @pytest.fixture(autouse=True)

@@ -92,5 +92,14 @@ def test_synth_then_prepare(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../x", ".hidden", "a/b"])
-def test_bad_dataset_name(tmp_path, shared_data, name):
-    _one_line_error(run("prepare", "meld", "--root", shared_data / "meld", "--name", name, cache=tmp_path), "--name")
+def test_bad_dataset_name(tmp_path, meld_csv, name):
+    _one_line_error(run("prepare", "meld", "--root", meld_csv, "--name", name, cache=tmp_path), "--name")
+
+
+def test_help_shows_switches_without_a_type():
+    """`--probe` is a switch: help must not print `<bool>` after it (users then type `--probe true`)."""
+    for cmd in (["prepare"], ["features"], ["train"], ["synth"], ["cache", "gc"], ["runs"]):
+        res = run(*cmd, "--help")
+        assert res.returncode == 0, res.stderr
+        assert "<bool>" not in res.stdout, (cmd, res.stdout)
+        assert "--help" in res.stdout

@@ -329,14 +329,6 @@ def test_keys_follow_the_file_and_fallback_dev_is_documented(tmp_path):
     assert splits.count("dev") > 0 and "test" in splits
 
 
-def _meld_csv_dir() -> Path:
-    env = os.environ.get("MER_PIPE_MELD_CSV")
-    path = Path(env) if env else REPO / ".." / "shared" / "data" / "meld"
-    if not (path / "train_sent_emo.csv").is_file():
-        pytest.skip(f"MELD CSVs not found at {path}; set MER_PIPE_MELD_CSV to the folder with train_sent_emo.csv")
-    return path.resolve()
-
-
 def test_ts_gcl_trains_unchanged_on_an_import(tmp_path):
     path, _ = build("mmgcn-iemocap", tmp_path)
     c = ["--cache-dir", str(tmp_path / "c")]
@@ -348,8 +340,8 @@ def test_ts_gcl_trains_unchanged_on_an_import(tmp_path):
 
 
 @pytest.mark.slow  # ~20 s: synth + MiniLM features + two trainings (run with -m slow)
-def test_real_meld_text_export_import_trains_the_same(tmp_path, capsys):
-    csv_dir = _meld_csv_dir()
+def test_real_meld_text_export_import_trains_the_same(tmp_path, capsys, meld_csv):
+    csv_dir = meld_csv
     cache, c = tmp_path / "cache", ["--cache-dir", str(tmp_path / "cache")]
     main(["synth", "meld", "--text-from", str(csv_dir), "--dialogues", "30", "--out", str(tmp_path / "corpus")])
     main(["prepare", "meld", "--root", str(tmp_path / "corpus"), "--name", "rm", *c])

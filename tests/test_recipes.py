@@ -45,8 +45,8 @@ def test_registry_lists_choices():
         get_recipe("ravdess")
 
 
-def test_real_meld_csvs(shared_data, tmp_path):
-    report = prepare("meld", shared_data / "meld", cache_dir=tmp_path)
+def test_real_meld_csvs(meld_csv, tmp_path):
+    report = prepare("meld", meld_csv, cache_dir=tmp_path)
     info, utts = load_dataset("meld", tmp_path)
     assert info["label_names"] == list(MELD_LABELS) and info["recipe"] == "meld"
     for split, (n_dia, n_utt, classes) in MELD_TABLE.items():

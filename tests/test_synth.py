@@ -113,9 +113,9 @@ def test_deterministic_idempotent_and_refusals(meld, tmp_path):
         synthesize("iemocap", tmp_path / "f", text_from=tmp_path)
 
 
-def test_text_from_real_csvs(shared_data, tmp_path):
-    res = synthesize("meld", tmp_path / "m", dialogues=3, seed=0, text_from=shared_data / "meld", faults=True)
-    real = {s: {(r.dialogue_id, r.utterance_id): r for r in read_meld_csv(shared_data / "meld" / f"{s}_sent_emo.csv")}
+def test_text_from_real_csvs(meld_csv, tmp_path):
+    res = synthesize("meld", tmp_path / "m", dialogues=3, seed=0, text_from=meld_csv, faults=True)
+    real = {s: {(r.dialogue_id, r.utterance_id): r for r in read_meld_csv(meld_csv / f"{s}_sent_emo.csv")}
             for s in ("train", "dev", "test")}
     ours = {s: read_meld_csv(res.root / f"{s}_sent_emo.csv") for s in ("train", "dev", "test")}
     assert sum(map(len, ours.values())) == res.utterances

@@ -9,6 +9,24 @@ import typer
 
 from mer_pipe.common.errors import MerPipeError
 
+def _switches_as_switches() -> None:
+    """typer 0.29 prints a type after plain switches (`--probe <bool>`), which reads as if a value were
+    expected (`--probe true` is then rejected). Show switches bare, as click does."""
+    from typer.core import TyperOption
+
+    typed = TyperOption.display_type_rich
+    if getattr(typed, "_mer_pipe", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else typed(self, ctx)
+
+    display_type_rich._mer_pipe = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_switches_as_switches()
+
 app = typer.Typer(
     name="mer-pipe",
     help="Content-addressed multimodal features and cached-tensor trainers for emotion recognition in conversation.",

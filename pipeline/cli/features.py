@@ -40,24 +40,12 @@ def features(
     hash_media: Annotated[bool, typer.Option("--hash-media", help="Record a sha256 of each failed utterance's media file (default: size and mtime), for `cache verify`.")] = False,
 ) -> None:
     """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
-    from mer_pipe.pipeline.extract.run import extract_features
-    from mer_pipe.pipeline.corpus.manifest import cache_root
-    from mer_pipe.pipeline.extract.presets import DEFAULT_PRESET, resolve_slots
+    from mer_pipe.pipeline import api
 
-    ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind),
-                            workers=workers, scheduler=scheduler)
-    root = cache_root(cache_dir)
-    slots = resolve_slots(preset or DEFAULT_PRESET, only, set_ or (), cache_root=root)
-    if any(s.finetune is not None for s in slots):
-        from mer_pipe.pipeline.extract.finetune import format_plan
-        from mer_pipe.pipeline.extract.plan import make_plan
-
-        # the DAG first: which fine-tunes feed which extractions, and what is cached
-        typer.echo(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size)))
-    summary = extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
-                               strict=strict, batch_size=batch_size, shard_size=shard_size,
-                               progress=not no_progress, retry_failed=retry_failed, hash_media=hash_media)
+    summary = api.extract(dataset, preset=preset, only=only, sets=set_ or (), executor=executor, workers=workers,
+                          scheduler=scheduler, device=device, strict=strict, cache_dir=cache_dir, batch_size=batch_size,
+                          shard_size=shard_size, progress=not no_progress, retry_failed=retry_failed,
+                          hash_media=hash_media, log=typer.echo)
     typer.echo(summary.format())
     for warning in summary.warnings():
         typer.echo(f"mer-pipe: warning: {warning}", err=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from mer_pipe.common.config import parse_overrides
 from mer_pipe.common.errors import ConfigError
@@ -115,10 +115,14 @@ def resolve_slots(
     overrides: Sequence[str] = (),
     *,
     cache_root: str | Path | None = None,
+    media: Collection[str] | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> list[SlotSpec]:
     """Preset slots with overrides applied, filtered by `only`, tiny checkpoints materialised.
 
     Tiny checkpoints ("tiny:NAME" values) are built once under `<cache_root>/_weights/tiny-NAME`.
+    `media`: the modalities the manifest has files for; slots of any other modality are dropped (before any
+    checkpoint is built) with one line each to `on_skip`, so a text-only corpus locks no audio/video slot.
     """
     slots: dict[str, SlotSpec] = {s.slot: s for s in preset_slots(preset or DEFAULT_PRESET)}
     for text in overrides:
@@ -152,7 +156,25 @@ def resolve_slots(
         chosen = [slots[s] for s in dict.fromkeys(wanted)]
     else:
         chosen = list(slots.values())
+    if media is not None:
+        chosen = _with_media(chosen, media, on_skip or (lambda line: None))
     return [materialise_tiny(s, cache_root) for s in chosen]
+
+
+def _with_media(slots: list[SlotSpec], media: Collection[str], on_skip: Callable[[str], None]) -> list[SlotSpec]:
+    from mer_pipe.extractors import EXTRACTORS
+
+    kept = []
+    for s in slots:
+        modality = EXTRACTORS.get(s.extractor).modality
+        if modality in media:
+            kept.append(s)
+        else:
+            on_skip(f"skipped slot {s.slot} ({s.extractor}): the manifest has no {modality} files")
+    if not kept:
+        raise ConfigError(f"no selected slot has media in this manifest (it has {', '.join(sorted(media))} only); "
+                          "choose a slot of that modality, e.g. --only t")
+    return kept
 
 
 def merge_finetune(text: str, current: Mapping[str, Any] | None, value: Any) -> Mapping[str, Any] | None:
