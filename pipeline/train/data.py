@@ -121,6 +121,59 @@ def _table_array(table, where: str) -> tuple[np.ndarray, np.ndarray]:
     return arr, valid
 
 
+def _lock_entry(dataset: str, m: str, slot: str, lock: dict, slots: dict[str, str], expected_key: str | None,
+                cache_dir: str | Path | None) -> dict:
+    """The lock entry serving modality `m`, or CacheError with the command that makes it (or the usable subset)."""
+    if slot not in lock:
+        have = ", ".join(f"{s}={v.get('extractor')}" for s, v in sorted(lock.items())) or "none"
+        usable = ",".join(k for k, v in slots.items() if v in lock)
+        raise CacheError(
+            f"dataset {dataset!r} has no {MODALITY_NAMES[m]} features in lock slot {slot!r} (lock has: {have}); "
+            f"run `{features_command(dataset, slot, cache_dir)}` first"
+            + (f", or train with --modalities {usable}" if usable else "")
+        )
+    entry = lock[slot]
+    if expected_key is not None and entry.get("key") != expected_key:
+        raise CacheError(
+            f"modality {m!r}: the checkpoint was trained on feature key {expected_key} but lock slot "
+            f"{slot!r} of dataset {dataset!r} now serves key {entry.get('key')} ({entry.get('extractor')}); "
+            f"re-run `{features_command(dataset, slot, cache_dir)}` with the run's feature config so the lock "
+            f"serves {expected_key} again, or retrain with `mer-pipe train`"
+        )
+    return entry
+
+
+def _modality_tensors(store, dataset: str, slot: str, entry: dict, ids: list[str], digest: str | None,
+                      cache_dir: str | Path | None):
+    """(pooled [n+1, D], frames [n+1, F, D] or None, present [n+1]) in manifest order; the extra last row is
+    the padding row (zeros, absent) that batches index for empty positions."""
+    import torch
+
+    from mer_pipe.cache.loading import load_table
+
+    try:
+        table = load_table(store, dataset, slot, digest)
+    except FeaturesMissing as exc:
+        raise CacheError(f"{exc.detail}; run `{features_command(dataset, slot, cache_dir)}`") from None
+    where = f"dataset {dataset!r} slot {slot!r} ({entry.get('extractor')} key {str(entry.get('key'))[:12]})"
+    arr, valid = _table_array(table, where)
+    tpos = table.index()
+    missing = [u for u in ids if u not in tpos]
+    if missing:
+        raise CacheError(f"{where}: no rows for {len(missing)} utterances (e.g. {missing[0]!r}); "
+                         f"run `{features_command(dataset, slot, cache_dir)}` to complete the feature set")
+    order = np.array([tpos[u] for u in ids], dtype=np.int64)
+    arr, valid = arr[order], valid[order]
+    full = torch.from_numpy(np.concatenate([arr, np.zeros((1, *arr.shape[1:]), dtype=np.float32)]))
+    present = torch.from_numpy(np.concatenate([valid, [False]]))
+    if full.dim() == 3:  # sequence features ([F, D] per utterance, e.g. 15 Swin frames)
+        pooled = full[:len(ids)].mean(dim=1)
+        return torch.cat([pooled, torch.zeros(1, pooled.shape[1])]), full, present
+    if full.dim() == 2:
+        return full, None, present
+    raise CacheError(f"{where}: unexpected per-utterance shape {tuple(arr.shape[1:])}; expected [D] or [T, D]")
+
+
 def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path | None = None,
                 slot_overrides: dict[str, str] | None = None, expected_keys: dict[str, str] | None = None) -> Corpus:
     """Load a prepared dataset and the features its lock serves for each modality.
@@ -130,7 +183,6 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
     """
     import torch
 
-    from mer_pipe.cache.loading import load_table
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.models.batch import TaskInfo
 
@@ -144,49 +196,12 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
     lock = store.read_lock(dataset) or {}
     slots = parse_slots(modalities, slot_overrides)
     ids = [u.id for u in utts]
-    n = len(ids)
     feats, frames, present, features = {}, {}, {}, {}
     for m, slot in slots.items():
-        if slot not in lock:
-            have = ", ".join(f"{s}={v.get('extractor')}" for s, v in sorted(lock.items())) or "none"
-            usable = ",".join(k for k, v in slots.items() if v in lock)
-            raise CacheError(
-                f"dataset {dataset!r} has no {MODALITY_NAMES[m]} features in lock slot {slot!r} (lock has: {have}); "
-                f"run `{features_command(dataset, slot, cache_dir)}` first"
-                + (f", or train with --modalities {usable}" if usable else "")
-            )
-        entry = lock[slot]
-        if expected_keys and m in expected_keys and entry.get("key") != expected_keys[m]:
-            raise CacheError(
-                f"modality {m!r}: the checkpoint was trained on feature key {expected_keys[m]} but lock slot "
-                f"{slot!r} of dataset {dataset!r} now serves key {entry.get('key')} ({entry.get('extractor')}); "
-                f"re-run `{features_command(dataset, slot, cache_dir)}` with the run's feature config so the lock "
-                f"serves {expected_keys[m]} again, or retrain with `mer-pipe train`"
-            )
-        try:
-            table = load_table(store, dataset, slot, info.get("manifest_digest"))
-        except FeaturesMissing as exc:
-            raise CacheError(f"{exc.detail}; run `{features_command(dataset, slot, cache_dir)}`") from None
-        where = f"dataset {dataset!r} slot {slot!r} ({entry.get('extractor')} key {str(entry.get('key'))[:12]})"
-        arr, valid = _table_array(table, where)
-        tpos = table.index()
-        missing = [u for u in ids if u not in tpos]
-        if missing:
-            raise CacheError(f"{where}: no rows for {len(missing)} utterances (e.g. {missing[0]!r}); "
-                             f"run `{features_command(dataset, slot, cache_dir)}` to complete the feature set")
-        order = np.array([tpos[u] for u in ids], dtype=np.int64)
-        arr, valid = arr[order], valid[order]
-        pad = np.zeros((1, *arr.shape[1:]), dtype=np.float32)
-        full = torch.from_numpy(np.concatenate([arr, pad]))
-        if full.dim() == 3:  # sequence features ([F, D] per utterance, e.g. 15 Swin frames)
-            frames[m] = full
-            vm = full[:n].mean(dim=1)
-            feats[m] = torch.cat([vm, torch.zeros(1, vm.shape[1])])
-        elif full.dim() == 2:
-            feats[m] = full
-        else:
-            raise CacheError(f"{where}: unexpected per-utterance shape {tuple(arr.shape[1:])}; expected [D] or [T, D]")
-        present[m] = torch.from_numpy(np.concatenate([valid, [False]]))
+        entry = _lock_entry(dataset, m, slot, lock, slots, (expected_keys or {}).get(m), cache_dir)
+        feats[m], seq, present[m] = _modality_tensors(store, dataset, slot, entry, ids, info.get("manifest_digest"), cache_dir)
+        if seq is not None:
+            frames[m] = seq
         features[m] = {"slot": slot, "extractor": entry.get("extractor"), "key": entry.get("key"),
                        "dim": int(feats[m].shape[1])}
 
