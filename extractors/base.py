@@ -295,7 +295,7 @@ def load_error(what: str, ref: str, exc: BaseException) -> ModelLoadError:
 
 
 def autocast_context(enabled: bool, device: str):
-    """bf16 autocast on CPU (2.6-3.3x faster for wav2vec2/Swin, cosine ~0.99998), fp16 on CUDA.
+    """bf16 autocast on CPU, fp16 on CUDA (speed and closeness to fp32: bench/results/features.json, README).
     Off by default so features are exact fp32."""
     import torch
 
