@@ -205,3 +205,28 @@ def test_full_disk_while_writing_a_shard_is_one_line_and_keeps_earlier_shards(fr
     shards = list(fresh_cache.glob(f"{SYNTH_DATASET}/*/*/shard-*.h5"))
     assert len(shards) == 2  # the two written before the disk filled are kept, nothing partial
     assert not [p for p in fresh_cache.rglob("*") if ".tmp" in p.name]
+
+
+def test_full_disk_while_writing_the_manifest_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mer_pipe.pipeline.cli import main
+    from mer_pipe.pipeline.corpus import manifest as manifest_mod
+    from mer_pipe.pipeline.corpus.synth import synthesize
+
+    synthesize("meld", tmp_path / "corpus", dialogues=3)
+    rows, real_dumps = [], json.dumps
+
+    def dumps_until_full(obj, **kw):
+        rows.append(obj)
+        if len(rows) > 5:  # the disk fills part-way through the manifest
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dumps(obj, **kw)
+
+    monkeypatch.setattr(manifest_mod.json, "dumps", dumps_until_full)
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "meld", "--root", str(tmp_path / "corpus"), "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "no space left" in err.lower(), err
+    leftovers = list((tmp_path / "c").rglob("manifest*")) if (tmp_path / "c").exists() else []
+    assert leftovers == []  # no half manifest, no temp file
