@@ -52,3 +52,4 @@ train: setup
 bench: setup
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_meld_text.py
+	$(BIN)/python bench/bench_first_output.py
