@@ -127,6 +127,10 @@ def test_2x2_grid_x_2_seeds_writes_8_run_dirs_and_a_sweep_record(cache, tmp_path
         cid = r.run.split("/")[-1].split("-")[0]
         assert r.dev_wf1 == pytest.approx(table[cid]["sel_weighted_f1"]["mean"])
     assert (res.sweep_dir / "sweep.md").read_text().count("NOT FOR SELECTION") == 1
+    # and `mer-pipe runs compare` pairs two configs seed by seed (their predictions.csv hold both seeds)
+    a, b = (res.sweep_dir / c["dir"] for c in state["configs"][:2])
+    cmp = subprocess.run([str(MER_PIPE), "runs", "compare", str(a), str(b)], capture_output=True, text=True, timeout=120)
+    assert cmp.returncode == 0 and "shared seeds 0,1" in cmp.stdout, cmp.stderr
 
 
 def test_selection_uses_dev_only_even_when_test_prefers_another_config(cache, tmp_path):
