@@ -102,7 +102,7 @@ def time_executors(cache: Path, repeats: int) -> dict:
     from mer_pipe.pipeline import api
 
     base = ROOT / "runs" / "bench-meld-text" / "timing"
-    variants = {"serial": {"executor": "serial"}, "dask": {"executor": "dask"},
+    variants = {"serial": {"executor": "serial", "threads": os.cpu_count()}, "dask": {"executor": "dask"},
                 "serial_1thread": {"executor": "serial", "threads": 1}}
     walls: dict[str, list[float]] = {k: [] for k in variants}
     metrics: dict[str, dict] = {}

@@ -204,7 +204,5 @@ def sweep(model: str | None = None, dataset: str | None = None, *, grid: Sequenc
         return None
     ex = SerialExecutor() if not pending else make_executor(dataclasses.replace(ex_cfg, workers=n_workers))
     with ex:
-        if ex.name == "serial" and ex_cfg.kind != "serial":  # a local cluster that did not start
-            n_threads = threads or (os.cpu_count() or 1)
         return sw.run_sweep(points, features, sweep_dir=sweep_dir, cache_dir=root, executor=ex, threads=n_threads,
                             gpus=gpus, device=device_req, definition=definition, log=log)

@@ -79,8 +79,7 @@ def cache(tmp_path: Path) -> Path:
 def _sweep(cache: Path, out: Path, grid=GRID_2x2, seeds="0,1", **kw):
     from mer_pipe.pipeline import api
 
-    kw.setdefault("executor", "serial")
-    kw.setdefault("threads", 1)
+    kw.setdefault("executor", "serial")  # one torch thread per run by default, as a dask worker
     return api.sweep("mlp", DATASET, grid=grid, seeds=seeds, modalities=kw.pop("modalities", "t"),
                      sets=kw.pop("sets", FAST), device="cpu", cache_dir=cache, out=out, log=lambda s: None, **kw)
 

@@ -32,7 +32,7 @@ def sweep(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Sweep directory (default runs/sweeps/DATASET-MODEL-KEY: rerunning the same sweep resumes it).")] = None,
     executor: Annotated[Optional[str], typer.Option(help="dask (default: a local cluster) or serial.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local worker processes (default: cores / --threads, or one per GPU).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads per run (default 1 on a local cluster, all cores serially); workers x threads <= cores.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per run (default 1, serial too, so executors agree bit for bit); workers x threads <= cores.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler, e.g. tcp://host:8786 (workers must see the cache and sweep dirs).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
