@@ -1,0 +1,138 @@
+"""The results of a sweep: per-config scores over seeds, the selection, the seed-aggregate run dir of a config,
+and the tables of sweep.md (pipeline/train/sweep.py explains the layout and the selection rule)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .runconfig import RunConfig
+
+SCALARS = ("accuracy", "weighted_f1", "macro_f1")
+NOT_FOR_SELECTION = ("NOT FOR SELECTION: test scores of every config, for reading after the choice was made on "
+                     "the selection set; picking a config from this table is selecting on test")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _seed_metrics(sweep_dir: Path, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in entry["tasks"]:
+        if t["state"] in ("done", "reused"):
+            met = read_json(sweep_dir / t["dir"] / "metrics.json")
+            if isinstance(met, dict):
+                out.append(met)
+    return out
+
+
+def _agg(values: Sequence[float]) -> dict[str, float]:
+    from .metrics import aggregate
+
+    return aggregate(values)
+
+
+def config_row(sweep_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-config scores over its finished seeds: selection set ('sel') and test, mean ± std."""
+    mets = _seed_metrics(sweep_dir, entry)
+    row = {"config": entry["id"], "label": entry["label"], "model": entry["model"], "dir": entry["dir"],
+           "seeds_done": len(mets), "seeds": len(entry["tasks"]), "complete": len(mets) == len(entry["tasks"])}
+    for part, name in (("dev", "sel"), ("test", "test")):
+        for k in SCALARS:
+            row[f"{name}_{k}"] = _agg([m["aggregate"][part][k]["mean"] for m in mets]) if mets else None
+    row["seconds"] = float(sum(r.get("seconds", 0.0) for m in mets for r in m.get("runs", [])))
+    return row
+
+
+def select(rows: Sequence[Mapping[str, Any]], select_on: str) -> dict[str, Any]:
+    """Per model: the complete config with the best mean selection-set W-F1 (ties: earlier grid point)."""
+    by_model: dict[str, Any] = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cands = [r for r in rows if r["model"] == model and r["complete"] and r["sel_weighted_f1"] is not None]
+        if not cands:
+            by_model[model] = None
+            continue
+        best = max(cands, key=lambda r: (r["sel_weighted_f1"]["mean"], -rows.index(r)))
+        by_model[model] = {"config": best["config"], "label": best["label"], "dir": best["dir"],
+                           "selection_weighted_f1": best["sel_weighted_f1"],
+                           "test": {k: best[f"test_{k}"] for k in SCALARS}}
+    return {"on": select_on, "metric": f"mean {select_on} weighted F1 over seeds", "tie_break": "earlier grid point",
+            "by_model": by_model}
+
+
+def write_config_aggregate(sweep_dir: Path, entry: Mapping[str, Any], cfg: RunConfig, notes: Sequence[str]) -> None:
+    """configs/<id>/metrics.json, config.yaml, predictions.csv over all seeds: `mer-pipe runs` lists the config
+    as one run (mean ± std over seeds) and `runs compare` pairs two configs seed by seed."""
+    from mer_pipe.common.files import write_json_atomic, write_text_atomic
+
+    from .report import yaml_block
+    from .runconfig import config_yaml
+
+    mets = _seed_metrics(sweep_dir, entry)
+    if len(mets) != len(entry["tasks"]):
+        return
+    out = sweep_dir / entry["dir"]
+    seeds = [int(m["seeds"][0]) for m in mets]
+    per_seed = {str(s): m["per_seed"][str(s)] for s, m in zip(seeds, mets)}
+    agg: dict[str, Any] = {}
+    for part in ("dev", "test"):
+        agg[part] = {k: _agg([per_seed[str(s)][part][k] for s in seeds]) for k in SCALARS}
+        names = list(mets[0]["aggregate"][part]["per_class"])
+        agg[part]["per_class"] = {n: {q: _agg([m["aggregate"][part]["per_class"][n][q]["mean"] for m in mets])
+                                      for q in ("precision", "recall", "f1")} for n in names}
+        agg[part]["confusion_sum"] = np.sum([m["aggregate"][part]["confusion_sum"] for m in mets], axis=0).tolist()
+    meta = {"cache_dir": mets[0].get("cache_dir"), "features": mets[0].get("features")}
+    metrics = {"model": cfg.model, "dataset": cfg.dataset, "modalities": list(cfg.modalities), "protocol": cfg.protocol,
+               "select_on": cfg.select_on, "complete": True, "seeds_planned": seeds,
+               "wall_seconds": float(sum(m.get("wall_seconds", 0.0) for m in mets)), **meta,
+               "notes": list(notes), "seeds": seeds, "runs": [r for m in mets for r in m["runs"]],
+               "per_seed": per_seed, "aggregate": agg,
+               "sweep": {"config": entry["id"], "label": entry["label"], "seed_dirs": [t["dir"] for t in entry["tasks"]]}}
+    write_text_atomic(out / "config.yaml", config_yaml(cfg, notes) + yaml_block(meta))
+    write_json_atomic(out / "metrics.json", metrics, sort_keys=False)
+    lines: list[str] = []
+    for t in entry["tasks"]:
+        text = (sweep_dir / t["dir"] / "predictions.csv").read_text(encoding="utf-8").splitlines()
+        lines += text if not lines else text[1:]
+    write_text_atomic(out / "predictions.csv", "\n".join(lines) + "\n")
+
+
+def _pct(a: Mapping[str, float] | None) -> str:
+    if not a:
+        return "-"
+    return f"{100 * a['mean']:.2f}" + (f" ± {100 * a['std']:.2f}" if a.get("n", 1) > 1 else "")
+
+
+def format_tables(state: Mapping[str, Any]) -> str:
+    """The selection table (selection set only), the choice with its test score, then the separate test table."""
+    sel_on = state["selection"]["on"]
+    rows = state["configs_table"]
+    chosen = {v["config"] for v in state["selection"]["by_model"].values() if v}
+    w = max([len(r["label"]) for r in rows] + [6])
+    lines = [*state.get("notes", []),
+             f"selection on {sel_on}: mean {sel_on} W-F1 over seeds (%), per config; * = chosen per model",
+             f"  {'config':7} {'model':12} {'grid point':{w}}  {sel_on + ' W-F1':>15}  seeds"]
+    for r in rows:
+        mark = "*" if r["config"] in chosen else " "
+        lines.append(f"{mark} {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['sel_weighted_f1']):>15}  "
+                     f"{r['seeds_done']}/{r['seeds']}")
+    lines.append("")
+    for model, v in state["selection"]["by_model"].items():
+        if v is None:
+            lines.append(f"{model}: no config finished all its seeds; nothing chosen")
+            continue
+        t = v["test"]
+        lines.append(f"chosen for {model}: {v['config']} ({v['label']}): {sel_on} W-F1 "
+                     f"{_pct(v['selection_weighted_f1'])}; test W-F1 {_pct(t['weighted_f1'])}, "
+                     f"acc {_pct(t['accuracy'])}, macro-F1 {_pct(t['macro_f1'])}  [{v['dir']}]")
+    lines += ["", NOT_FOR_SELECTION, f"  {'config':7} {'model':12} {'grid point':{w}}  {'test W-F1':>15}  {'test acc':>15}"]
+    for r in rows:
+        lines.append(f"  {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['test_weighted_f1']):>15}  "
+                     f"{_pct(r['test_accuracy']):>15}")
+    return "\n".join(lines)
