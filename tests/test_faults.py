@@ -156,6 +156,27 @@ def test_sigint_during_multi_seed_train_exits_130_and_keeps_finished_seeds(tmp_p
     assert [r["seed"] for r in metrics["runs"]] == [0] and metrics["runs"][0]["test"]["weighted_f1"] > 0
 
 
+def test_sigint_during_sweep_exits_130_keeping_finished_runs(tmp_path, cache):
+    """Ctrl-C during a serial sweep: exit 130, one line with how many runs are kept and how to resume."""
+    out, log = tmp_path / "sweep", tmp_path / "log"
+    argv = ["sweep", "--model", "mlp", "--dataset", DATASET, "--cache-dir", cache, "--modalities", "t",
+            "--grid", "trainer.lr=1e-3,5e-4", "--seeds", "0,1", "--executor", "serial",
+            "--set", "trainer.epochs=40", "--set", "trainer.patience=0", "--out", out]
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(MER_PIPE), *map(str, argv)], stdout=fh, stderr=subprocess.STDOUT)
+        t0 = time.time()
+        while not list(out.glob("configs/*/seed-*/metrics.json")) and time.time() - t0 < 240 and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=120)
+    text = log.read_text()
+    assert rc == 130, text
+    assert "sweep interrupted" in text and "rerun the same command to resume" in text and "Traceback" not in text
+    state = json.loads((out / "sweep.json").read_text())
+    done = [t for c in state["configs"] for t in c["tasks"] if t["state"] == "done"]
+    assert 1 <= len(done) < 4 and state["status"] == "interrupted"
+
+
 def test_sigint_during_features_exits_130_keeping_shards(fresh_cache, tmp_path):
     log = tmp_path / "log"
     from conftest import SYNTH_DATASET

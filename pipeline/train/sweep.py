@@ -305,9 +305,14 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
                 f"({res.get('seconds', 0):.1f}s)")
             save("running")
     except KeyboardInterrupt:
+        for task in pending:  # a run that finished its files while the interrupt landed counts as done
+            rec = by_key[task.key]
+            if rec["state"] == "pending" and finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
+                rec["state"] = "done"
         save("interrupted")
         kept = sum(t["state"] in ("done", "reused") for t in by_key.values())
-        raise KeyboardInterrupt(f"sweep interrupted; {kept} of {n_all} runs finished and are kept in {sweep_dir}") from None
+        raise KeyboardInterrupt(f"sweep interrupted; {kept} of {n_all} runs finished and are kept in {sweep_dir}; "
+                                "rerun the same command to resume (finished runs are reused)") from None
     failed = [{"config": c["id"], **t} for c in configs for t in c["tasks"] if t["state"] == "failed"]
     state["wall_seconds"] = time.perf_counter() - t0
     save("failed" if failed else "complete")
