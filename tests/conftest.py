@@ -1,5 +1,9 @@
 """Shared test set-up: offline Hugging Face, one torch thread, paths to the real reference data."""
+import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,3 +65,60 @@ def fresh_cache(prepared: Path, tmp_path: Path) -> Path:
     for name in ("manifest.jsonl", "dataset.json"):
         shutil.copy(src / SYNTH_DATASET / name, dest / SYNTH_DATASET / name)
     return dest
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    """A real `dask scheduler` + two `dask worker` processes (one thread each) on 127.0.0.1, as a user would start
+    them for a cluster; yields the scheduler address and tears the processes down afterwards."""
+    bin_dir, sched_file = Path(sys.executable).parent, tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    procs, logs = [], []
+
+    def start(args: list[str], name: str) -> None:
+        log = open(tmp_path / f"{name}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                      cwd=tmp_path))
+
+    try:
+        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+               "--scheduler-file", str(sched_file)], "scheduler")
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert sched_file.exists(), (tmp_path / "scheduler.log").read_text()
+        address = json.loads(sched_file.read_text())["address"]
+        for i in range(2):
+            start(["worker", address, "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
+                   "--local-directory", str(tmp_path / f"w{i}"), "--name", f"w{i}"], f"worker{i}")
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=90)
+        yield address
+    finally:
+        for p in procs[::-1]:  # workers first, then the scheduler; a few seconds' grace, then kill
+            p.terminate()
+        deadline = time.time() + 5
+        for p in procs[::-1]:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `mer-pipe ARGV`, in process."""
+    from mer_pipe.pipeline.cli import main
+
+    code = 0
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

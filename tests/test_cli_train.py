@@ -4,8 +4,7 @@ import json
 import pytest
 import torch
 
-from mer_pipe.pipeline.cli import main
-
+from conftest import run_cli
 from test_train import DATASET, build_synth_features  # shared, built once per session
 
 
@@ -13,17 +12,6 @@ from test_train import DATASET, build_synth_features  # shared, built once per s
 def cache(tmp_path_factory):
     torch.set_num_threads(1)
     return build_synth_features(tmp_path_factory.getbasetemp() / "synth-features")
-
-
-def run_cli(argv, capsys):
-    """(exit code, stdout, stderr) of `mer-pipe ARGV`."""
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_then_evaluate_reproduces(cache, tmp_path, capsys):

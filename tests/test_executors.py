@@ -2,12 +2,9 @@
 workers started as separate processes give bit-identical features."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,49 +93,6 @@ def test_local_dask_cluster_matches_serial_for_torch_extractors(prepared, refere
     cache, summary = _run(prepared, tmp_path, ExecutorConfig("dask", workers=2), only="t,a")
     assert summary.submitted_shards == 8
     _assert_same(reference, _tables(cache, "t,a"))
-
-
-@pytest.fixture
-def scheduler(tmp_path):
-    """`dask scheduler` + two `dask worker` processes on 127.0.0.1, torn down afterwards."""
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    procs = []
-    logs = []
-
-    def start(args: list[str], name: str) -> None:
-        log = open(tmp_path / f"{name}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      cwd=tmp_path))
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", str(sched_file)], "scheduler")
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        assert sched_file.exists(), (tmp_path / "scheduler.log").read_text()
-        address = json.loads(sched_file.read_text())["address"]
-        for i in range(2):
-            start(["worker", address, "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
-                   "--local-directory", str(tmp_path / f"w{i}"), "--name", f"w{i}"], f"worker{i}")
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=90)
-        yield address
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs[::-1]:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
 
 
 def test_dask_scheduler_with_two_worker_processes_matches_serial(prepared, reference, scheduler, tmp_path):

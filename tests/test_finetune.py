@@ -26,7 +26,6 @@ from mer_pipe.pipeline.extract.finetune import format_plan, labels_digest, neede
 from mer_pipe.pipeline.extract.plan import make_plan
 from mer_pipe.pipeline.extract.presets import resolve_slots
 from mer_pipe.pipeline.extract.run import extract_features
-from test_executors import scheduler  # noqa: F401  (a real `dask scheduler` + 2 workers, torn down after)
 
 DATASET = "synth-meld"
 SERIAL = ExecutorConfig("serial")
@@ -411,7 +410,7 @@ def test_context_turns_feed_both_the_fine_tune_and_the_extraction(fresh_cache):
     assert tok.get("truncation_side") == "left"  # long context is cut from the oldest turn, never the utterance
 
 
-def test_with_scheduler_the_fine_tune_runs_on_a_cluster_worker_into_the_shared_cache(fresh_cache, scheduler):  # noqa: F811
+def test_with_scheduler_the_fine_tune_runs_on_a_cluster_worker_into_the_shared_cache(fresh_cache, scheduler):
     summary = extract_features(DATASET, _slots(fresh_cache), cache_dir=fresh_cache, device="cpu", progress=False,
                                executor=ExecutorConfig("dask", scheduler=scheduler))
     (ft,) = _plan(fresh_cache).finetunes

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from mer_pipe.pipeline.cli import main
 from mer_pipe.pipeline.train.compare import compare_runs, noise_verdict, weighted_f1_batch
 from mer_pipe.pipeline.train.metrics import classification_metrics
 from mer_pipe.pipeline.train.report import summarize
 from mer_pipe.pipeline.train.runs import COLUMNS, RunRow, display_cells, load_runs, sort_rows
+
+from conftest import run_cli
 
 CLASSES = ("neutral", "joy", "anger", "sadness")
 N_TEST, N_DEV = 300, 120
@@ -84,16 +85,6 @@ def runs_dir(tmp_path_factory) -> Path:
         {"seeds": [0], "aggregate": {"dev": {"weighted_f1": {"mean": 0.5, "std": 0.0}},
                                      "test": {"weighted_f1": {"mean": 0.4, "std": 0.0}}}}))
     return base
-
-
-def run_cli(argv, capsys):
-    code = 0
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def run_entry_point(*argv):

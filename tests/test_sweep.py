@@ -224,45 +224,6 @@ def test_resume_after_sigkill_runs_only_the_missing_runs(cache, tmp_path):
     assert len(_seed_dirs(out)) == 6
 
 
-@pytest.fixture
-def scheduler(tmp_path):
-    """`dask scheduler` + two `dask worker` processes on 127.0.0.1 (as tests/test_executors.py), torn down afterwards."""
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs, logs = [], []
-
-    def start(args: list[str], name: str) -> None:
-        log = open(tmp_path / f"{name}.log", "w")
-        logs.append(log)
-        procs.append(subprocess.Popen([str(BIN / "dask"), *args], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                      cwd=tmp_path))
-
-    try:
-        start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-               "--scheduler-file", str(sched_file)], "scheduler")
-        _wait_for(sched_file.exists, 60, "the scheduler file")
-        address = json.loads(sched_file.read_text())["address"]
-        for i in range(2):
-            start(["worker", address, "--no-nanny", "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
-                   "--local-directory", str(tmp_path / f"w{i}"), "--name", f"w{i}"], f"worker{i}")
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=90)
-        yield address
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs[::-1]:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
-
-
 @pytest.mark.slow  # ~50 s on 2 cores: a scheduler and two worker processes that each import torch
 def test_dask_scheduler_with_two_workers_gives_the_serial_metrics(cache, tmp_path, scheduler):
     serial = _sweep(cache, tmp_path / "serial")

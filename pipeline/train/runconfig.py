@@ -75,21 +75,27 @@ def parse_list(spec: str | Sequence[Any] | None, what: str, example: str) -> lis
     return items
 
 
-def load_config_file(path: str | Path | None) -> dict[str, Any]:
-    """A run YAML (--print-config output or a run's config.yaml); unknown top-level keys are refused."""
-    if path is None:
-        return {}
+def read_yaml_mapping(p: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of the YAML file `--config p`; `what` names the file the user should give instead."""
     import yaml
 
-    p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config {p} is not a file; give a YAML written by `mer-pipe train --print-config`")
+        raise ConfigError(f"--config {p} is not a file; give {what}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {p} is not valid UTF-8 YAML ({type(exc).__name__}); fix or regenerate it") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    """A run YAML (--print-config output or a run's config.yaml); unknown top-level keys are refused."""
+    if path is None:
+        return {}
+    p = Path(path)
+    data = read_yaml_mapping(p, "a YAML written by `mer-pipe train --print-config`")
     unknown = sorted(set(data) - set(RUN_KEYS) - set(_IGNORED_KEYS))
     if unknown:
         raise ConfigError(f"--config {p}: unknown key(s) {unknown}; allowed: {list(RUN_KEYS)}")

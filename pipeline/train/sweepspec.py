@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from mer_pipe.common.config import parse_value
 from mer_pipe.common.errors import ConfigError
 
-from .runconfig import RUN_KEYS, RunConfig, resolve_run_config
+from .runconfig import RUN_KEYS, RunConfig, read_yaml_mapping, resolve_run_config
 
 GRID_RUN_KEYS = ("model", "modalities")
 SWEEP_FILE_KEYS = (*RUN_KEYS, "grid", "set", "epochs")
@@ -130,17 +130,8 @@ def load_sweep_file(path: str | Path | None) -> tuple[dict[str, Any], list[str],
     mapping), optional `epochs:`, and `grid:` (mapping or list of mappings). Returns (base, sets, grid blocks)."""
     if path is None:
         return {}, [], []
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {p} is not a file; give a sweep YAML (run-config keys plus grid:)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {p} is not valid UTF-8 YAML ({type(exc).__name__}); fix it") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {p}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(p, "a sweep YAML (run-config keys plus grid:)")
     unknown = sorted(set(data) - set(SWEEP_FILE_KEYS) - {"notes", "features", "cache_dir"})
     if unknown:
         raise ConfigError(f"--config {p}: unknown key(s) {unknown}; allowed: {list(SWEEP_FILE_KEYS)}")
