@@ -53,3 +53,4 @@ bench: setup
 	$(BIN)/python bench/bench_features.py
 	$(BIN)/python bench/bench_meld_text.py
 	$(BIN)/python bench/bench_first_output.py
+	$(BIN)/python bench/bench_defaults.py
