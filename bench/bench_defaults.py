@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_meld_text import is_default  # one definition of "the model's own defaults" for both benchmarks
 from mer_pipe.pipeline import api
 
 OUT = Path(__file__).resolve().parent / "results" / "defaults_iemocap.json"
@@ -54,7 +55,8 @@ def main() -> None:
             rows[name] = {"default_lr": dev_lr, "paper_lr": paper_lr, "grid_lr": lrs, "chosen": chosen["label"],
                           "chosen_dev_weighted_f1": chosen["selection_weighted_f1"],
                           "chosen_test_weighted_f1": chosen["test"]["weighted_f1"],
-                          "default_is_chosen": chosen["label"] == f"trainer.lr={dev_lr:g}",
+                          "default_is_chosen": is_default(name, next(c["values"] for c in sweep.state["configs"]
+                                                                       if c["id"] == chosen["config"])),
                           "configs_dev_then_test_not_for_selection": table}
             print(f"{name}: default lr {dev_lr:g}, paper lr {paper_lr:g}; chosen on dev: {chosen['label']} "
                   f"(dev W-F1 {chosen['selection_weighted_f1']['mean']:.4f})")
