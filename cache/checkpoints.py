@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,11 +67,13 @@ class TrainingLock:
     the checkpoint done. The kernel drops the lock when its holder dies (SIGKILL included)."""
 
     def __init__(self, store: FeatureStore, dataset: str, key: str) -> None:
+        self.store = store
         self.path = finetune_root(store, dataset) / f"{LOCK_PREFIX}{check_name('key', key)}"
         self._fh: Any = None
 
     def __enter__(self) -> "TrainingLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.store.mark()
         self._fh = open(self.path, "a")
         fcntl.flock(self._fh, fcntl.LOCK_EX)
         return self
@@ -225,52 +226,77 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[CheckpointPr
     return problems
 
 
+def problem(path: Path) -> str | None:
+    """What makes the checkpoint at `path` unfit for reuse (None when sound): no complete record, a record
+    for another key, or files that no longer match the digest recorded when it appeared."""
+    try:
+        meta = read_json(path / META_FILE, "fine-tune record")
+    except (FileNotFoundError, CacheError):
+        return f"{path / META_FILE} is missing or unreadable"
+    if not isinstance(meta, dict) or not meta.get("complete"):
+        return f"{path / META_FILE} does not record a complete fine-tune"
+    if meta.get("key") != path.name:
+        return f"{path / META_FILE} says key {meta.get('key')!r}, not {path.name!r}"
+    if meta.get("content_sha256") != content_digest(path):
+        return f"the files of {path} fail their checksum (changed after fine-tuning: corruption or an edit)"
+    return None
+
+
+def _plain_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
 def gc_victims(store: FeatureStore, *, grace_s: float = 600.0, now: float | None = None) -> list[Path]:
     """Checkpoints no locked feature set names, and abandoned work folders, older than `grace_s`.
 
     A checkpoint a locked feature set depends on is never a victim; nor is a work folder whose training
-    lock is held (a fine-tune in progress), however old.
+    lock is held (a fine-tune in progress), however old. Only names the store makes (`<key>`,
+    `.work-<key>`) are considered, and nothing behind a symlink (dataset or finetune folder, entries).
     """
+    from .collect import inside
+    from .store import KEY_RE
+
     now = time.time() if now is None else now
     victims: list[Path] = []
     for ds in store.datasets():
         froot = finetune_root(store, ds)
-        if not froot.is_dir():
+        if not _plain_dir(froot) or not inside(froot, store.root):
             continue
         deps = dependents(store, ds)
         if "*" in deps:
             continue  # an unreadable lock protects everything until it is fixed
         for p in sorted(froot.iterdir()):
-            if p.name.startswith(LOCK_PREFIX):
+            if not _plain_dir(p):
                 continue
-            if p.name.startswith(WORK_PREFIX):
+            if p.name.startswith(WORK_PREFIX) and KEY_RE.match(p.name[len(WORK_PREFIX):]):
                 key = p.name[len(WORK_PREFIX):]
                 if _held(froot / f"{LOCK_PREFIX}{key}"):
                     continue
                 if now - _size(p)[1] >= grace_s or not (froot / f"{LOCK_PREFIX}{key}").exists():
                     victims.append(p)
-                continue
-            if p.name.startswith("."):
-                # temp folders of an interrupted rename (.<name>.tmp-<pid>)
-                if now - _size(p)[1] >= grace_s:
-                    victims.append(p)
-                continue
-            if p.is_dir() and p.name not in deps and now - _size(p)[1] >= grace_s:
+            elif KEY_RE.match(p.name) and p.name not in deps and now - _size(p)[1] >= grace_s:
                 victims.append(p)
     return victims
 
 
-def remove(paths: list[Path]) -> None:
+def remove(paths: list[Path], root: Path) -> list[Path]:
+    """Delete gc victims (re-checked: inside `root`, no symlink on the way) and their unheld training
+    locks; returns exactly what was removed."""
+    from .collect import remove_tree
+
+    removed = []
     for p in paths:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-        lock = p.parent / f"{LOCK_PREFIX}{p.name[len(WORK_PREFIX):] if p.name.startswith(WORK_PREFIX) else p.name}"
-        if lock.exists() and not _held(lock) and not (p.parent / lock.name[len(LOCK_PREFIX):]).exists():
+        if not remove_tree(p, root):
+            continue
+        removed.append(p)
+        key = p.name[len(WORK_PREFIX):] if p.name.startswith(WORK_PREFIX) else p.name
+        lock = p.parent / f"{LOCK_PREFIX}{key}"
+        if lock.is_file() and not lock.is_symlink() and not _held(lock) and not (p.parent / key).exists():
             lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
 
 
 __all__ = ["CheckpointInfo", "CheckpointProblem", "FINETUNE_DIR", "META_FILE", "TrainingLock", "checkpoint_dir",
-           "content_digest", "dependents", "gc_victims", "is_complete", "iter_checkpoints", "ls", "remove",
+           "content_digest", "dependents", "gc_victims", "is_complete", "iter_checkpoints", "ls", "problem", "remove",
            "verify", "work_dir"]

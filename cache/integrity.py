@@ -47,8 +47,10 @@ def _stamp(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def sound_shards(store: FeatureStore, dataset: str, extractor: str, key: str, n: int) -> tuple[set[int], dict[int, str]]:
-    """(sound, corrupt) among the present shards of an n-shard set; corrupt maps index -> what is wrong."""
+def sound_shards(store: FeatureStore, dataset: str, extractor: str, key: str, n: int, *,
+                 full: bool = False) -> tuple[set[int], dict[int, str]]:
+    """(sound, corrupt) among the present shards of an n-shard set; corrupt maps index -> what is wrong.
+    `full`: checksum every shard, records notwithstanding (`features --verify`: bit rot keeps size and mtime)."""
     fdir = store.feature_dir(dataset, extractor, key)
     present = store.existing_shards(dataset, extractor, key, n)
     if not present:
@@ -61,7 +63,7 @@ def sound_shards(store: FeatureStore, dataset: str, extractor: str, key: str, n:
         path = store.shard_path(dataset, extractor, key, i, n)
         stamp = _stamp(path)
         rec = record.get(path.name)
-        if stamp is not None and isinstance(rec, list) and rec[:2] == stamp:
+        if not full and stamp is not None and isinstance(rec, list) and rec[:2] == stamp:
             sound.add(i)
             continue
         try:
@@ -77,6 +79,15 @@ def sound_shards(store: FeatureStore, dataset: str, extractor: str, key: str, n:
     if changed:
         _save_record(fdir, record)
     return sound, corrupt
+
+
+def forget(path: str | os.PathLike[str]) -> None:
+    """Drop a shard's record (it failed its checksum when loaded): the next feature run checks it again,
+    finds it corrupt and recomputes it."""
+    p = Path(path)
+    record = _load_record(p.parent)
+    if record.pop(p.name, None) is not None:
+        _save_record(p.parent, record)
 
 
 def mark_verified(store: FeatureStore, dataset: str, extractor: str, key: str, paths: Iterable[str | os.PathLike[str]]) -> None:
@@ -95,4 +106,4 @@ def mark_verified(store: FeatureStore, dataset: str, extractor: str, key: str, p
     _save_record(fdir, record)
 
 
-__all__ = ["VERIFIED_FILE", "mark_verified", "sound_shards"]
+__all__ = ["VERIFIED_FILE", "forget", "mark_verified", "sound_shards"]

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mer_pipe.common.errors import CacheError, FeaturesMissing
+from mer_pipe.common.errors import CacheError, CorruptShard, FeaturesMissing
 
+from .integrity import forget
 from .shard import Shard, first_duplicate, read_shard
 from .store import LOCK_FIELDS, FeatureStore, FeatureTable
 
@@ -79,7 +80,15 @@ def load_table(store: FeatureStore, dataset: str, slot: str, manifest_digest: st
     if manifest_digest and spec.get("manifest_digest") and spec["manifest_digest"] != manifest_digest:
         raise gone(f"was extracted from another manifest (digest {spec['manifest_digest'][:12]} vs current "
                    f"{manifest_digest[:12]}): the dataset was re-prepared")
-    shards = [read_shard(store.shard_path(dataset, extractor, key, i, n), verify=True) for i in range(n)]
+    shards = []
+    for i in range(n):
+        path = store.shard_path(dataset, extractor, key, i, n)
+        try:
+            shards.append(read_shard(path, verify=True))
+        except CorruptShard:
+            forget(path)  # so the next feature run checks it again and recomputes it
+            raise
+
     for s in shards:
         if s.key is not None and s.key != key:
             raise gone(f"holds shard {s.path} of key {s.key!r}")

@@ -6,16 +6,14 @@ cells so the CLI can print a table without knowing the fields.
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mer_pipe.common.errors import CacheError
-from mer_pipe.common.files import TMP_MARK, identity_changed, temp_writer_dead
+from mer_pipe.common.files import identity_changed
 
-from .runlock import RunLock, holder
+from .collect import gc as _collect, iter_feature_sets
 from .shard import read_shard
 from .store import SHARD_RE, SPEC_FILE, FeatureStore
 
@@ -117,37 +115,6 @@ def _tree_stats(path: Path) -> tuple[int, int, float]:
     return size, files, newest
 
 
-def _is_feature_set(path: Path) -> bool:
-    if (path / SPEC_FILE).is_file():
-        return True
-    try:
-        return any(SHARD_RE.match(n) or TMP_MARK in n for n in os.listdir(path))
-    except OSError:
-        return False
-
-
-def _subdirs(path: Path, follow_symlinks: bool) -> list[Path]:
-    return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_dir()
-                  and (follow_symlinks or not p.is_symlink()))
-
-
-def iter_feature_sets(store: FeatureStore, dataset: str | None = None, *,
-                      follow_symlinks: bool = True) -> Iterator[tuple[str, str, str, Path]]:
-    """(dataset, extractor, key, folder) of every folder that holds a spec or shards; other folders are
-    never touched, so files the pipeline keeps next to the manifest are safe from gc.
-    `follow_symlinks=False` (gc) skips symlinked dataset, extractor and key folders: they may lead out
-    of the cache."""
-    datasets = [dataset] if dataset is not None else store.datasets()
-    for ds in datasets:
-        ddir = store.dataset_dir(ds)
-        if not ddir.is_dir() or (not follow_symlinks and ddir.is_symlink()):
-            continue
-        for edir in _subdirs(ddir, follow_symlinks):
-            for kdir in _subdirs(edir, follow_symlinks):
-                if _is_feature_set(kdir):
-                    yield ds, edir.name, kdir.name, kdir
-
-
 def _shard_files(fdir: Path) -> list[tuple[int, int, Path]]:
     out = []
     for name in sorted(os.listdir(fdir)):
@@ -173,8 +140,15 @@ def ls(store: FeatureStore, dataset: str | None = None) -> list[FeatureSetInfo]:
 
     out: list[FeatureSetInfo] = []
     locks: dict[str, dict[str, dict[str, Any]]] = {}
+    broken: set[str] = set()
     for ds, ex, key, fdir in iter_feature_sets(store, dataset):
-        lock = locks.setdefault(ds, store.read_lock(ds))
+        if ds not in locks:
+            try:
+                locks[ds] = store.read_lock(ds)
+            except CacheError:
+                locks[ds] = {}  # shown with slots "?" (broken lock); `cache verify` names the file and the fix
+                broken.add(ds)
+        lock = locks[ds]
         spec = _spec(store, ds, ex, key) or {}
         n_expected = spec.get("n_shards") if isinstance(spec.get("n_shards"), int) else None
         utts = fails = present = bad = 0
@@ -194,7 +168,7 @@ def ls(store: FeatureStore, dataset: str | None = None) -> list[FeatureSetInfo]:
                 dim = dim if dim is not None else sh.dim
                 layout = layout if layout is not None else sh.layout
         size, _, _ = _tree_stats(fdir)
-        out.append(FeatureSetInfo(ds, ex, key, _slots(lock, ex, key), dim, layout, utts, fails, present,
+        out.append(FeatureSetInfo(ds, ex, key, ("?",) if ds in broken else _slots(lock, ex, key), dim, layout, utts, fails, present,
                                   n_expected, size, bad, spec.get("created"), fdir))
     return out
 
@@ -272,92 +246,17 @@ def verify(store: FeatureStore, dataset: str | None = None) -> list[Problem]:
     return problems
 
 
-def _inside(path: Path, root: Path) -> bool:
-    """`path` lies under `root` and no part of it below `root` is a symlink."""
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
-        return False
-    p = root
-    for part in rel.parts:
-        p = p / part
-        if p.is_symlink():
-            return False
-    return True
-
-
-def _remove_set(fdir: Path, root: Path) -> bool:
-    """Delete a feature set while holding its run lock, so no run can start on it meanwhile.
-    False when a run holds it (or it is not a plain folder inside the cache)."""
-    if not _inside(fdir, root) or not fdir.is_dir():
-        return False
-    lock = RunLock(fdir, write_record=False)
-    if not lock.try_acquire():
-        return False
-    try:
-        shutil.rmtree(fdir, ignore_errors=True)
-    finally:
-        lock.release()
-    try:
-        fdir.parent.rmdir()  # the extractor folder, once it holds no other key
-    except OSError:
-        pass
-    return True
-
-
-def _in_use(fdir: Path) -> bool:
-    """A live feature run holds the set's run lock (it planned the set, or is writing it)."""
-    return holder(fdir)[0]
-
-
 def gc(store: FeatureStore, *, dry_run: bool = True, grace_s: float = 600.0) -> list[Path]:
     """Feature sets no lock refers to, plus stale temp files; removed only when dry_run is False.
 
     Never collected: a set a live feature run holds (its run lock, `cache/runlock.py`: held from planning
     until the slots are locked, however long the run), anything written in the last `grace_s` seconds
-    (a run from before run locks existed), and anything reached through a symlink (it may point out of
-    the cache). Temp files of a dead writer on this host go at once, others after `grace_s`.
+    (a run from before run locks existed), anything reached through a symlink (it may point out of
+    the cache), and any name the store does not make. The root must carry the store's marker
+    (cache/collect.py has the rules). Temp files of a dead writer on this host go at once, others after
+    `grace_s`.
     """
-    now = time.time()
-    root = store.root
-    victims: list[Path] = []
-    locks: dict[str, set[tuple[str, str]]] = {}
-    for ds, ex, key, fdir in iter_feature_sets(store, follow_symlinks=False):
-        if ds not in locks:
-            try:
-                locks[ds] = {(str(e.get("extractor")), str(e.get("key"))) for e in store.read_lock(ds).values()}
-            except CacheError:
-                locks[ds] = {("*", "*")}  # an unreadable lock protects everything until it is fixed
-        if (ex, key) in locks[ds] or ("*", "*") in locks[ds] or _in_use(fdir):
-            continue
-        if now - _tree_stats(fdir)[2] >= grace_s:
-            victims.append(fdir)
-    dirs = set(victims)
-    if root.is_dir():
-        for dirpath, _, names in os.walk(root):  # os.walk does not descend into symlinked folders
-            if any(Path(dirpath).is_relative_to(d) for d in dirs):
-                continue
-            for name in names:
-                p = Path(dirpath) / name
-                if TMP_MARK not in name or p.is_symlink():
-                    continue
-                try:
-                    old = now - p.stat().st_mtime >= grace_s
-                except FileNotFoundError:
-                    continue
-                if old or temp_writer_dead(name):
-                    victims.append(p)
-    if dry_run:
-        return sorted(victims)
-    removed = []
-    for p in victims:
-        if p in dirs:
-            if _remove_set(p, root):
-                removed.append(p)
-        elif _inside(p, root):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return sorted(removed)
+    return _collect(store, dry_run=dry_run, grace_s=grace_s)
 
 
 def du(store: FeatureStore) -> list[DiskUsage]:

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,14 +204,24 @@ def _write_h5(path: Path, datasets: Mapping[str, Any], attrs: Mapping[str, Any])
     import h5py
 
     str_dt = h5py.string_dtype("utf-8")
-    # No HDF5 file locks: every file has one writer and appears by rename, and locks fail on NFS.
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", locking=False) as f:
+    # The file is built in memory (HDF5 "core" driver, no backing store) and written with plain file I/O:
+    # HDF5 writing to disk itself cannot fail cleanly when the disk fills (its objects stay open, error
+    # tracebacks at teardown, then a segfault at exit), while a Python write raises one OSError (ENOSPC)
+    # that atomic_path turns into DiskFullError and a removed temp file. No HDF5 file locks either.
+    f = h5py.File(f"mer-pipe-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False)
+    try:
         for name, data in datasets.items():
             if isinstance(data, list):
                 f.create_dataset(name, data=np.array(data, dtype=object), dtype=str_dt)
             else:
                 f.create_dataset(name, data=data)
         f.attrs.update(attrs)
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(image)
 
 
 def write_shard(
@@ -272,7 +283,9 @@ def read_shard(path: str | os.PathLike[str], *, values: bool = True, verify: boo
     import h5py
 
     path = Path(path)
-    fix = "re-extract the features (a feature run recomputes it)"
+    # a feature run recomputes a shard it finds corrupt; --verify makes it checksum every shard, even one
+    # whose size and mtime are unchanged since it was last checked (bit rot)
+    fix = "re-extract the features: `mer-pipe features --verify` with the same --dataset/--only checksums every shard and recomputes this one"
     if not path.is_file():
         raise CorruptShard(str(path), f"shard {path} does not exist; {fix}")
     try:

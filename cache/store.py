@@ -30,6 +30,10 @@ LOCK_FILE = "lock.json"
 SPEC_FILE = "spec.json"
 LOCK_FIELDS = ("extractor", "key", "dim")
 SHARD_RE = re.compile(r"^shard-(\d{5})-of-(\d{5})\.h5$")
+KEY_RE = re.compile(r"^[0-9a-f]{16}$")  # cache.keys.feature_key: 16 hex digits
+# Written into the root when the store first writes there: `cache gc` deletes only under a marked root.
+MARKER_FILE = ".mer-pipe-cache.json"
+MARKER_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
@@ -107,6 +111,26 @@ class FeatureStore:
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.root)!r})"
 
+    # ---- marker ------------------------------------------------------------------------------
+    @property
+    def marker_path(self) -> Path:
+        return self.root / MARKER_FILE
+
+    def marked(self) -> bool:
+        """The root carries the store's marker (a plain file, not a symlink): it is a cache gc may clean."""
+        p = self.marker_path
+        return p.is_file() and not p.is_symlink()
+
+    def mark(self) -> Path:
+        """Write the marker (format version, creation time) unless present. Every write of the store calls
+        this, so a cache made before markers existed gets one the next time it is written to."""
+        if not self.marked():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.marker_path, {
+                "what": "mer-pipe feature cache", "format": MARKER_FORMAT,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        return self.marker_path
+
     # ---- paths -------------------------------------------------------------------------------
     def dataset_dir(self, dataset: str) -> Path:
         return self.root / check_name("dataset", dataset)
@@ -141,6 +165,7 @@ class FeatureStore:
                 raise CacheError(f"spec {name} {data[name]!r} does not match the feature set {dataset}/{extractor}/{key}")
         data.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         path = self.feature_dir(dataset, extractor, key) / SPEC_FILE
+        self.mark()
         try:
             write_json_atomic(path, data)
         except TypeError as exc:
@@ -180,6 +205,7 @@ class FeatureStore:
 
         ddir = self.dataset_dir(dataset)
         ddir.mkdir(parents=True, exist_ok=True)
+        self.mark()
         with open(ddir / f".{LOCK_FILE}.guard", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

@@ -21,8 +21,6 @@ matches an uninterrupted one. This module imports only `common` (and torch / tra
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,10 +32,9 @@ from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
 
 from .base import hf_load_kwargs, load_error
+from .finetune_batches import _autocast, _batches, _collate
+from .finetune_files import BEST_DIR, HEAD_FILE, STATE_FILE, fresh_work_dir, load_head, load_state, save_encoder, save_state
 
-HEAD_FILE = "classifier_head.pt"
-STATE_FILE = "state.pt"
-BEST_DIR = "best"
 MODALITIES = ("text", "audio")
 # fields that change how the encoder is trained, not which one: never part of the key
 RUN_FIELDS = ("crossfit",)
@@ -215,93 +212,10 @@ def build_classifier(enc: Any, n_classes: int, modality: str, pooling: str, drop
     return EncoderClassifier()
 
 
-# --- batching -----------------------------------------------------------------------------------------
-def _batches(modality: str, pre: Any, inputs: Sequence[Any], order: Sequence[int], cfg: FinetuneConfig,
-             pad_ok: bool, min_len: int) -> list[list[int]]:
-    """Index groups per step. Text: consecutive chunks of `order`. Audio: the wav2vec2 extraction rule
-    (equal lengths only unless the model takes an attention mask), keeping `order` within groups."""
-    size = cfg.batch_size
-    if modality == "text":
-        return [list(order[i:i + size]) for i in range(0, len(order), size)]
-    lengths = {i: _audio_len(inputs[i], cfg, min_len) for i in order}
-    if pad_ok:
-        return [list(order[i:i + size]) for i in range(0, len(order), size)]
-    groups: dict[int, list[int]] = {}
-    out: list[list[int]] = []
-    for i in order:  # equal-length clips share a step; anything else goes alone or with its twins
-        g = groups.setdefault(lengths[i], [])
-        g.append(i)
-        if len(g) == size:
-            out.append(g)
-            groups[lengths[i]] = []
-    out.extend(g for g in groups.values() if g)
-    return out
-
-
-def _audio_len(wav: Any, cfg: FinetuneConfig, min_len: int) -> int:
-    n = min(int(np.asarray(wav).size), int(round(cfg.max_seconds * 16000)))
-    return max(n, min_len)
-
-
-def _collate(modality: str, pre: Any, inputs: Sequence[Any], idx: Sequence[int], cfg: FinetuneConfig,
-             device: str, pad_ok: bool, min_len: int) -> dict[str, Any]:
-    import torch
-
-    if modality == "text":
-        enc = pre([inputs[i] for i in idx], padding=True, truncation=True, max_length=cfg.max_length,
-                  return_tensors="pt")
-        return {k: v.to(device) for k, v in enc.items()}
-    wavs = []
-    for i in idx:
-        w = np.asarray(inputs[i], dtype=np.float32)[: int(round(cfg.max_seconds * 16000))]
-        if w.size < min_len:
-            w = np.pad(w, (0, min_len - w.size))
-        wavs.append(w)
-    feats = pre(wavs, sampling_rate=16000, padding=True, return_attention_mask=pad_ok, return_tensors="pt")
-    out = {"input_values": feats["input_values"].to(device), "lengths": torch.tensor([w.size for w in wavs])}
-    if pad_ok:
-        out["attention_mask"] = feats["attention_mask"].to(device)
-    return out
-
-
-def _autocast(enabled: bool, device: str):
-    import torch
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext()
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
-
-
 def _weighted_f1(y: Sequence[int], p: Sequence[int]) -> tuple[float, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
     return float(f1_score(y, p, average="weighted", zero_division=0)), float(accuracy_score(y, p))
-
-
-def _save_torch_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _save_encoder(model: Any, pre: Any, out: Path, modality: str, cfg: FinetuneConfig, n_classes: int) -> None:
-    """Write the encoder (save_pretrained), its pre-processor and the head into `out` via a temp dir."""
-    import torch
-
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.encoder.save_pretrained(tmp)
-    pre.save_pretrained(tmp)
-    torch.save({"weight": model.head.weight.detach().cpu(), "bias": model.head.bias.detach().cpu(),
-                "pooling": cfg.pooling if modality == "text" else "mean", "modality": modality,
-                "n_classes": n_classes}, tmp / HEAD_FILE)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
 
 
 def finetune(
@@ -317,10 +231,13 @@ def finetune(
     device: str = "cpu",
     log: Log = lambda s: None,
     on_step: Callable[[int, int], None] | None = None,
+    on_discard: Log = lambda s: None,
 ) -> dict[str, Any]:
     """Fine-tune `ref` on `train`, pick the epoch on `dev`, leave the dev-best encoder in `work_dir/best`.
 
-    Resumes from `work_dir/state.pt` when it exists. Returns the training record: per-epoch log (train
+    Resumes from `work_dir/state.pt` when it exists. The state is loaded with `weights_only=True` (tensors
+    and plain values only: a crafted file cannot run code); a corrupt or foreign one is reported through
+    `on_discard`, the work folder is emptied and training starts again. Returns the training record: per-epoch log (train
     loss, dev weighted F1 and accuracy, seconds), best epoch, dev score, wall time, utterances/s.
     """
     import torch
@@ -369,10 +286,19 @@ def finetune(
     start_epoch = 1
     state_path = work / STATE_FILE
     if state_path.is_file() and (work / BEST_DIR).is_dir():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        state = load_state(state_path, device, cfg.epochs)
+        try:
+            if state is None:
+                raise ValueError("not a resume state written by mer-pipe")
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # nothing of it was run (weights_only); start over from the base weights, saying so
+            on_discard(f"the resume state {state_path} is corrupt or was not written by mer-pipe ({type(exc).__name__}); "
+                       f"discarding the work folder {work} and starting this fine-tune again")
+            return finetune(modality, ref, revision, cfg, train, dev, n_classes, fresh_work_dir(work), device=device, log=log,
+                            on_step=on_step, on_discard=on_discard)
         record = state["record"]
         start_epoch = int(state["epoch"]) + 1
         log(f"resuming after epoch {state['epoch']} (from {state_path})")
@@ -415,10 +341,10 @@ def finetune(
         improved = best is None or (not math.isnan(dev_f1) and dev_f1 > best) or not dev.inputs
         if improved:
             record["best_epoch"], record["dev_weighted_f1"] = epoch, dev_f1
-            _save_encoder(model, pre, work / BEST_DIR, modality, cfg, n_classes)
+            save_encoder(model, pre, work / BEST_DIR, modality, cfg, n_classes)
         log(f"epoch {epoch}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, dev W-F1 {100 * dev_f1:.2f} "
             f"(acc {100 * dev_acc:.2f}){' best' if improved else ''}, {seconds:.0f}s, {entry['utt_per_s']:.1f} utt/s")
-        _save_torch_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        save_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "record": record}, state_path)
     record["utt_per_s"] = n * len(record["epochs"]) / record["train_seconds"] if record["train_seconds"] else None
     return record
@@ -445,13 +371,11 @@ def load_classifier(path: str | Path, cfg: FinetuneConfig, device: str = "cpu") 
 
     For benchmarks and inspection (the encoder's own classifier score); the pipeline itself only
     extracts features from the encoder."""
-    import torch
-
     path = Path(path)
     head_path = path / HEAD_FILE
     if not head_path.is_file():
         raise MediaError(f"{path} holds no {HEAD_FILE}; it is not a fine-tuned checkpoint written by mer-pipe")
-    head = torch.load(head_path, map_location="cpu", weights_only=False)
+    head = load_head(head_path)
     modality = head["modality"]
     enc, pre = _load_encoder(modality, str(path), None)
     model = build_classifier(enc, int(head["n_classes"]), modality, head["pooling"], 0.0)

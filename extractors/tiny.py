@@ -21,8 +21,9 @@ _README = (
 _SEED = 0
 
 
-def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
-    """Build into a sibling temp dir and rename it into place unless `dir` already holds a checkpoint."""
+def _ensure(dir: str | Path, build: Callable[[Path], None], what: str, readme: str | None = None) -> Path:
+    """Build into a sibling temp dir and rename it into place unless `dir` already holds a checkpoint.
+    readme: the README.txt text (default: the tiny PLUMBING note about `what`)."""
     target = Path(dir).expanduser().resolve()
     if (target / "config.json").exists():
         return target
@@ -36,7 +37,7 @@ def _ensure(dir: str | Path, build: Callable[[Path], None], what: str) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)
             build(tmp)
-        (tmp / "README.txt").write_text(_README.format(what=what, seed=_SEED))
+        (tmp / "README.txt").write_text(readme if readme is not None else _README.format(what=what, seed=_SEED))
         _share(tmp)
         if target.exists() and not any(target.iterdir()):
             target.rmdir()

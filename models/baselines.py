@@ -14,8 +14,11 @@ from torch import Tensor, nn
 
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .layers import ContextEncoder, MLPHead, ModalityProjector, flatten_valid, unflatten_valid, zero_absent
-from .base import ERCModel
+from .base import ERCModel, PaperValue
 from .registry import MODELS, ModelConfig
+
+
+NO_EARLY_STOP = PaperValue("trainer.patience", 0, "proposed", "no paper: the dev schedule, every epoch trained")
 
 
 def concat_inputs(batch: DialogueBatch, modalities: tuple[str, ...]) -> Tensor:
@@ -34,6 +37,8 @@ class MLPConfig(ModelConfig):
     norm: Literal["layer", "batch", "none"] = "layer"
     act: Literal["relu", "gelu", "leaky_relu", "tanh"] = "relu"
 
+    positive = ("hidden",)
+
 
 @MODELS.register("mlp")
 class UtteranceMLP(ERCModel):
@@ -41,11 +46,10 @@ class UtteranceMLP(ERCModel):
 
     name = "mlp"
     config_cls = MLPConfig
-    # chosen on dev (bench/bench_meld_text.py); the paper-style profile is the same schedule without early stopping
+    # chosen on dev (bench/bench_meld_text.py); no paper: the paper profile is the same schedule without early stopping
     train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 64, "epochs": 30, "patience": 6,
                       "unit": "utterance"}
-    paper_train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 64, "epochs": 30,
-                            "unit": "utterance"}
+    paper_profile = (NO_EARLY_STOP,)
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: MLPConfig = MLPConfig()) -> None:
         super().__init__()
@@ -78,6 +82,8 @@ class BiGRUConfig(ModelConfig):
     input_dropout: float = 0.1
     norm: Literal["layer", "batch", "none"] = "layer"
 
+    positive = ("proj_dim", "hidden", "layers", "head_hidden")
+
 
 @MODELS.register("bigru")
 class ContextBiGRU(ERCModel):
@@ -86,7 +92,7 @@ class ContextBiGRU(ERCModel):
     name = "bigru"
     config_cls = BiGRUConfig
     train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30, "patience": 6}
-    paper_train_defaults = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30}
+    paper_profile = (NO_EARLY_STOP,)
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: BiGRUConfig = BiGRUConfig()) -> None:
         super().__init__()

@@ -53,11 +53,14 @@ class DialogueBatch:
 @dataclass
 class ModelOutput:
     """logits [B, N, C]; losses: auxiliary terms, already weighted (the trainer adds its classification
-    loss on logits[mask] and sums these); embeddings [B, N, E] fused utterance representations."""
+    loss on logits[mask] and sums these); embeddings [B, N, E] fused utterance representations.
+    train_logits: in training mode, the [B, N, C] logits the trainer's classification loss is applied to
+    instead of `logits`, one loss each, summed (JV-ICL's per-head objective); None = `logits`."""
 
     logits: Tensor
     losses: dict[str, Tensor] = field(default_factory=dict)
     embeddings: Tensor | None = None
+    train_logits: tuple[Tensor, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,7 @@ Utterance-level: every valid utterance of the batch is treated on its own (no co
 Modality subsets: the guide uses whichever of text/audio is chosen (none -> the frame mean alone); video
 uses `batch.frames['v']` when the task has frames, else the pooled `batch.feats['v']` straight into its
 projection head (no VSC/TCN); with a single modality (e.g. text only) there is nothing to contrast and
-the contrastive term is off, so the model is a projection head + MLP classifier. Measured on MELD
-text-only MiniLM features (stand-in trainer, AdamW lr 3e-4, dev-selected, 2 seeds): ~57.0 test W-F1,
-about 1 point below the utterance MLP (58.0) and context models: no dialogue context, deeper classifier.
+the contrastive term is off, so the model is a projection head + MLP classifier.
 """
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ from mer_pipe.common.errors import ConfigError
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import deepmsi_contrast
 from .layers import MLPHead, ProjectionHead, flatten_valid, unflatten_valid, zero_absent
-from .base import ERCModel
+from .base import ERCModel, PaperValue
 from .registry import MODELS, ModelConfig
 from .tcn import TCN, TCNConfig
 from .vsc import VSCConfig, vsc
@@ -34,7 +32,8 @@ from .vsc import VSCConfig, vsc
 
 @dataclass(frozen=True)
 class DeepMSIConfig(ModelConfig):
-    """Defaults follow the released code's IEMOCAP config [C] except where marked (proposed / clean).
+    """Defaults follow the released code's IEMOCAP config [C] except where marked (proposed / clean); the
+    code's own values where they differ are DeepMSI.paper_profile (`--profile paper`; docs/models.md).
 
     guide: proc_hidden, proc_dropout: Proc = Linear-BN-LeakyReLU-Dropout-Linear([t;a] -> guide_dim=384) [C].
     video_input: "auto" (frames when the task has them, else pooled) | "frames" | "pooled".
@@ -52,6 +51,12 @@ class DeepMSIConfig(ModelConfig):
     contrast_compat: true = code-exact loss ((B-1) normaliser, pos+neg denominator); false = clean SupCon.
     alpha_con, beta_ce: L = alpha_con * L_con + beta_ce * CE [C]; the trainer adds CE once, so the model
       returns alpha_con * L_con and, when beta_ce != 1, (beta_ce - 1) * CE (unweighted).
+    absent: zero (default) = an absent modality's projection z^m is zero, so the classifier sees zeros in
+      its slot (an absent text/audio still enters the video guide as zeros); encode = the earlier behaviour:
+      the zeroed input goes through the projection head (and, for video, frame projection, VSC and TCN), so
+      every utterance without it gets the same non-zero vector.
+    Classifier and guide BatchNorm train on a batch of one row with their running statistics
+    (layers.RowSafeBatchNorm1d), e.g. a k-fold remainder of one utterance.
     """
 
     guide_dim: int = 384
@@ -71,6 +76,10 @@ class DeepMSIConfig(ModelConfig):
     con_tau: float = 0.5
     alpha_con: float = 0.5
     beta_ce: float = 1.0
+    absent: Literal["zero", "encode"] = "zero"
+    saved_defaults = {"absent": "encode"}  # checkpoints written before the option existed
+
+    positive = ("guide_dim", "proc_hidden", "proj_dim", "cls_hidden")
 
 
 @MODELS.register("deepmsi-mer")
@@ -80,8 +89,16 @@ class DeepMSI(ERCModel):
     # chosen on dev with MiniLM text features of MELD (bench/bench_meld_text.py; evidence in its JSON)
     train_defaults = {"optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 25, "patience": 6,
                       "unit": "utterance"}
-    paper_train_defaults = {"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "batch_size": 16, "epochs": 30,
-                      "patience": 4, "unit": "utterance"}  # models.md §8.6
+    paper_profile = (
+        PaperValue("model.input_dropout", 0.0, "official code", "§5.2: no dropout on the input vectors"),
+        PaperValue("model.vsc.scale_by_relevance", False, "official code",
+                   "§5.2 step 3, §8.3: plain top-k, so the guide network gets no gradient"),
+        PaperValue("model.cls_norm", "batch", "official code", "§5.2 step 6: Linear-BatchNorm1d-LeakyReLU-Dropout"),
+        PaperValue("model.contrast_compat", True, "official code", "§5.3: (B-1) normaliser, positive + negatives"),
+        PaperValue("trainer.lr", 1e-4, "official code", "§5.4: MELD 1e-4 (IEMOCAP 5e-5: --set trainer.lr=5e-5)"),
+        PaperValue("trainer.epochs", 30, "official code", "§5.4: at most 30 epochs"),
+        PaperValue("trainer.patience", 4, "official code", "§5.4: early stop after 4 epochs without a better W-F1"),
+    )
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: DeepMSIConfig = DeepMSIConfig()) -> None:
         super().__init__()
@@ -138,6 +155,8 @@ class DeepMSI(ERCModel):
             guide_in = torch.cat([xs[m] for m in self.guide_mods], -1) if self.guide_mods else None
             xs["v"] = self._video_from_frames(batch, guide_in, present["v"])
         z = {m: self.proj[m](xs[m]) for m in self.modalities}                 # [M, proj_dim] each
+        if self.config.absent == "zero":  # not even the projection's bias (x * 1 where present)
+            z = {m: zero_absent(z[m], present[m]) for m in self.modalities}
         fused = torch.cat([z[m] for m in self.modalities], -1)
         logits = self.cls(fused)
         losses = self._losses(z, present, logits, flatten_valid(batch.label, mask)) if self.training else {}

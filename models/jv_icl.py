@@ -22,27 +22,31 @@ from mer_pipe.common.errors import ConfigError
 from .batch import DialogueBatch, ModelOutput, TaskInfo
 from .contrastive import sup_contrastive, supcon
 from .layers import ContextEncoder, MLPHead, SpeakerEmbedding, flatten_valid, unflatten_valid
-from .base import ERCModel
+from .base import ERCModel, PaperValue
 from .registry import MODELS, ModelConfig
 
 
 @dataclass(frozen=True)
 class JVICLConfig(ModelConfig):
-    """d: internal width (§4.3 proposes 512; 256 is as accurate on MiniLM/RoBERTa-base caches and 3x cheaper).
-    joint_vectors K, fusion_layers L_f, heads, ff_mult (transformer MLP width = ff_mult * d), fusion_dropout.
+    """The defaults are the dev profile, chosen on MELD dev (bench/bench_meld_text.py); the specification's
+    values are JVICL.paper_profile (`--profile paper`; table in docs/models.md).
+
+    d: internal width (dev 128; §4.3 proposes 512). joint_vectors K, fusion_layers L_f, heads, ff_mult
+    (transformer MLP width = ff_mult * d), fusion_dropout.
     frame_tokens: use per-frame vectors as a modality's tokens where the task has frames (else 1 token).
     context: "bigru" (proposed default) | "transformer" (2-layer encoder over the dialogue) | "none";
     speaker_embedding: add a within-dialogue speaker embedding before the context layer.
-    dual_head: "sum" (logits = (o_A + o_B) / 2) | "joint_only" (head A alone); dual_ce_weight w adds
-    w * (CE(o_A) + CE(o_B)) on top of the trainer's CE on the averaged logits (§4.4 L_CE).
+    dual_head: "sum" (logits = (o_A + o_B) / 2) | "joint_only" (head A alone).
+    objective: what the trainer's classification loss is applied to: "averaged" (dev: the averaged logits)
+    | "per_head" (§4.4: CE(o_A) + CE(o_B), no loss on the averaged logits; the model returns both heads as
+    `ModelOutput.train_logits`). dual_ce_weight w adds w * (CE(o_A) + CE(o_B)) on top, in either objective.
     icl_weight (lambda), icl_tau, icl_denominator ("all_keys" = SupCon, "pos_plus_neg"), proj_dim of z;
     icl_balance: anchors weighted 1/freq(class) (mean of per-class losses); proto_weight (lambda_p) and
     proto_margin (m_0) for the class-centroid repulsion term (off by default). input_dropout on the cached
-    vectors (proposed). Optimiser (§4.5 proposes AdamW 1e-4): lr 2e-4..5e-4 works; 1e-3 is unstable.
-    MELD text-only MiniLM, stand-in trainer, lr 5e-4, dev-selected, 2 seeds: 57.6 / 58.1 test W-F1.
+    vectors (proposed).
     """
 
-    d: int = 128  # dev-chosen on MELD text (bench/bench_meld_text.py)
+    d: int = 128
     joint_vectors: int = 4
     fusion_layers: int = 2
     heads: int = 8
@@ -54,6 +58,7 @@ class JVICLConfig(ModelConfig):
     context_layers: int = 1
     speaker_embedding: bool = False
     dual_head: Literal["sum", "joint_only"] = "sum"
+    objective: Literal["averaged", "per_head"] = "averaged"
     dual_ce_weight: float = 0.5
     head_hidden: tuple[int, ...] = (256,)
     head_dropout: float = 0.3
@@ -65,9 +70,12 @@ class JVICLConfig(ModelConfig):
     proto_weight: float = 0.0
     proto_margin: float = 0.0
 
+    positive = ("d", "joint_vectors", "fusion_layers", "ff_mult", "context_layers", "head_hidden", "proj_dim")
+
     def validate(self) -> None:
+        self.require(self.heads >= 1, "heads", "must be >= 1 (attention heads)")
         self.require(self.d % self.heads == 0, "d", f"must be divisible by heads={self.heads}")
-        self.require(self.joint_vectors >= 1, "joint_vectors", "must be >= 1")
+        self.require(self.d >= 2 or self.context != "bigru", "d", "must be >= 2 (the BiGRU has d/2 units per direction)")
 
 
 class JointVectorFusion(nn.Module):
@@ -114,7 +122,17 @@ class JVICL(ERCModel):
     # chosen on dev with MiniLM text features of MELD (bench/bench_meld_text.py; evidence in its JSON)
     train_defaults = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-2, "batch_size": 16, "epochs": 30, "patience": 6,
                       "standardize": False}
-    paper_train_defaults = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-2, "batch_size": 16, "epochs": 30}  # models.md §8.6
+    paper_profile = (
+        PaperValue("model.d", 512, "proposed", "§4.3: internal width d = 512"),
+        PaperValue("model.input_dropout", 0.0, "proposed", "§4.3 step 1: T = LN(W X), no input dropout"),
+        PaperValue("model.objective", "per_head", "proposed", "§4.4: L_CE = CE(o^A) + CE(o^B), none on the average"),
+        PaperValue("model.dual_ce_weight", 0.0, "proposed", "§4.4: no CE term beyond the two heads'"),
+        PaperValue("trainer.lr", 1e-4, "proposed", "§4.5: AdamW, lr 1e-4"),
+        PaperValue("trainer.batch_size", 8, "proposed", "§4.5: 8 dialogues when the context layer is on"),
+        PaperValue("trainer.scheduler", "cosine", "proposed", "§4.5: linear warm-up, then cosine"),
+        PaperValue("trainer.warmup_epochs", 2, "proposed", "§4.5: warm-up 5 % of 30 epochs (1.5, rounded up)"),
+        PaperValue("trainer.patience", 0, "proposed", "§4.5: 30 epochs, no early stopping"),
+    )
 
     def __init__(self, task: TaskInfo, modalities: tuple[str, ...], config: JVICLConfig = JVICLConfig()) -> None:
         super().__init__()
@@ -181,7 +199,11 @@ class JVICL(ERCModel):
         o_b = self.head_b(self.drop(spec)) if self.head_b is not None else None
         logits = o_a if o_b is None else (o_a + o_b) / 2
         losses = self._losses(c, o_a, o_b, flatten_valid(batch.label, mask)) if self.training else {}
-        return ModelOutput(logits=unflatten_valid(logits, mask), losses=losses, embeddings=unflatten_valid(c, mask))
+        heads = None
+        if self.training and cfg.objective == "per_head":
+            heads = tuple(unflatten_valid(o, mask) for o in (o_a, o_b) if o is not None)
+        return ModelOutput(logits=unflatten_valid(logits, mask), losses=losses, embeddings=unflatten_valid(c, mask),
+                           train_logits=heads)
 
     def _losses(self, c: Tensor, o_a: Tensor, o_b: Tensor | None, y: Tensor) -> dict[str, Tensor]:
         cfg, keep = self.config, y >= 0

@@ -38,10 +38,22 @@ def project_present(proj: nn.Module, x: Tensor, present: Tensor, mask: Tensor) -
     return zero_absent(proj(flatten_valid(zero_absent(x, present), mask)), flatten_valid(present, mask))
 
 
+class RowSafeBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that also trains on a batch of one row (a k-fold remainder, a one-utterance dialogue):
+    one row has no batch statistics, so it is normalised with the running statistics, as in eval mode, and
+    the running statistics are left as they are. Two or more rows: exactly nn.BatchNorm1d (same state dict)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.dim() == 2 and x.shape[0] == 1 and self.running_mean is not None:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def _norm(kind: str, dim: int) -> nn.Module:
     if kind not in NORMS:
         raise ConfigError(f"norm={kind!r}; choose one of {list(NORMS)}")
-    return {"layer": lambda: nn.LayerNorm(dim), "batch": lambda: nn.BatchNorm1d(dim), "none": nn.Identity}[kind]()
+    return {"layer": lambda: nn.LayerNorm(dim), "batch": lambda: RowSafeBatchNorm1d(dim), "none": nn.Identity}[kind]()
 
 
 def _act(kind: str) -> nn.Module:

@@ -18,13 +18,27 @@ class ModelConfig(Config):
     and checked from their annotations (common/config.py); `validate()` adds range rules."""
 
     section: ClassVar[str] = "model"
+    positive: ClassVar[tuple[str, ...]] = ()  # widths and layer counts: ints (or lists of ints) that must be >= 1
+    # fields added after checkpoints were written -> the value those older checkpoints ran with (from_saved)
+    saved_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]):
+        """A config saved in a checkpoint: a field it lacks takes the value in effect when it was written
+        (`saved_defaults`), not today's default, so an old run re-scores exactly."""
+        return cls.from_dict({**cls.saved_defaults, **values})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # Rules every model shares, so a typo fails here and not inside torch: rates in [0, 1), sizes not negative.
+        # Rules every model shares, so a typo fails here and not inside torch: rates in [0, 1), sizes not
+        # negative, widths and layer counts (`positive`) at least 1.
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            if f.name.endswith("dropout"):
+            if f.name in self.positive:
+                many = isinstance(value, tuple)
+                self.require(all(v >= 1 for v in value) if many else value >= 1, f.name,
+                             "every entry must be >= 1 (widths)" if many else "must be >= 1 (a width or layer count)")
+            elif f.name.endswith("dropout"):
                 self.require(0.0 <= value < 1.0, f.name, "must be in [0, 1) (a dropout probability)")
             elif type(value) is int:
                 self.require(value >= 0, f.name, "must be >= 0")

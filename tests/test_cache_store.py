@@ -150,6 +150,7 @@ def test_crash_before_rename_leaves_only_a_temp_file(store):
     temps = list(target.parent.glob("*.tmp*"))
     assert len(temps) == 1
     assert store.existing_shards("ds", "enc", KEY, 1) == set()
+    store.mark()  # written by any store write; write_shard alone is not one
     # the writer process is gone, so its temp file is stale even inside the grace period
     assert temps[0] in maintenance.gc(store, dry_run=True)
     maintenance.gc(store, dry_run=False, grace_s=1e9)
@@ -380,3 +381,41 @@ def test_gc_spares_recent_unlocked_sets(store):
     _fill(store, lock=None)  # just written, e.g. by a feature run that has not set its lock yet
     assert maintenance.gc(store, dry_run=True) == []
     assert maintenance.gc(store, dry_run=True, grace_s=0) == [store.feature_dir("ds", "enc", KEY)]
+
+
+def test_temp_pattern_matches_the_writers_names_and_nothing_else():
+    from mer_pipe.cache.collect import is_temp
+    from mer_pipe.common.files import temp_name
+
+    assert is_temp(temp_name("shard-00000-of-00001.h5")) and is_temp("lock.json.tmp-otherhost-1-abcd")
+    for name in ("notes.tmp-draft", "x.tmp", "a.tmp-host-pid-zz", ".tmp-host-1-abcd", "spec.json"):
+        assert not is_temp(name), name
+
+
+def test_gc_refuses_an_unmarked_root_and_marks_on_write(tmp_path):
+    from mer_pipe.cache.collect import UnmarkedCache
+    from mer_pipe.cache.store import MARKER_FILE
+
+    store = FeatureStore(tmp_path / "c")
+    with pytest.raises(UnmarkedCache, match="not marked"):
+        maintenance.gc(store)
+    _fill(store)
+    assert json.loads((tmp_path / "c" / MARKER_FILE).read_text())["format"] == 1
+    assert maintenance.gc(store, grace_s=0) == []
+
+
+def test_recover_layout_takes_the_sharding_of_sound_shards_and_drops_the_rest(store):
+    from mer_pipe.cache.recovery import recover_layout
+
+    fdir = store.feature_dir("ds", "enc", KEY)
+    for i in range(3):  # 5 utterances in shards of 2
+        ids = [f"u{j}" for j in range(2 * i, min(2 * i + 2, 5))]
+        write_shard(fdir / f"shard-{i:05d}-of-00003.h5", ids, [np.ones(3)] * len(ids), {},
+                    attrs={"key": KEY, "n_shards": 3, "shard_index": i, "start": 2 * i})
+    write_shard(fdir / "shard-00000-of-00001.h5", ["u0"], [np.ones(3)], {}, attrs={"key": KEY2, "n_shards": 1,
+                                                                                 "shard_index": 0, "start": 0})
+    (fdir / "shard-00001-of-00002.h5").write_bytes(b"garbage")
+    layout, dropped = recover_layout(store, "ds", "enc", KEY, 5)
+    assert layout == (2, 3)
+    assert [p.name for p in dropped] == ["shard-00000-of-00001.h5", "shard-00001-of-00002.h5"]
+    assert sorted(p.name for p in fdir.iterdir()) == [f"shard-{i:05d}-of-00003.h5" for i in range(3)]

@@ -199,13 +199,15 @@ def test_gc_never_follows_a_symlink_out_of_the_cache(tmp_path, where):
         os.utime(p, (old, old), follow_symlinks=False)
     before = sorted(p for p in outside.rglob("*"))
     store = FeatureStore(cache)
+    store.mark()  # gc works only in a marked cache (tests/test_safe_cache.py)
     assert maintenance.gc(store, dry_run=False, grace_s=0) == []
     assert sorted(p for p in outside.rglob("*")) == before  # nothing outside the cache was touched
 
 
 def test_gc_removes_an_unheld_set_but_keeps_a_held_one(tmp_path):
     store = FeatureStore(tmp_path / "cache")
-    held, free = store.feature_dir("ds", "enc", "k1"), store.feature_dir("ds", "enc", "k2")
+    store.mark()
+    held, free = store.feature_dir("ds", "enc", "0" * 15 + "1"), store.feature_dir("ds", "enc", "0" * 15 + "2")
     _feature_set(held)
     _feature_set(free)
     lock = RunLock(held)

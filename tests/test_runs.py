@@ -231,3 +231,42 @@ def test_cli_errors_are_one_line_exit_2(runs_dir, tmp_path):
         assert res.returncode == 2, (argv, res.stderr)
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("mer-pipe: error:") and needle in res.stderr, argv
         assert "Traceback" not in res.stderr
+
+
+def test_run_records_name_the_first_differing_field_and_cell():
+    from mer_pipe.pipeline.train.runcheck import metrics_difference, metrics_digest, predictions_difference
+
+    rec = {"complete": True, "aggregate": {"test": {"weighted_f1": {"mean": 0.61, "std": float("nan")}}}, "seeds": [0, 1]}
+    met = json.loads(json.dumps({**rec, "files": {"x": "0" * 64}}))  # as read back from metrics.json (NaN included)
+    assert metrics_difference(met, rec) is None
+    met["aggregate"]["test"]["weighted_f1"]["mean"] = 0.9
+    assert metrics_difference(met, rec) == "metrics.json: aggregate.test.weighted_f1.mean is 0.9, the checkpoint recorded 0.61"
+    assert "seeds (length)" in metrics_difference({**rec, "seeds": [0]}, rec)
+    assert "complete is False" in metrics_difference({**rec, "complete": False}, rec)
+    assert metrics_digest({**rec, "digest": "x"}) == metrics_digest(rec) != metrics_digest({**rec, "seeds": [1, 0]})
+    csv_text = "seed,fold,selected_on,id,gold,predicted\n0,split,dev,u1,joy,joy\n0,split,dev,u2,joy,anger\n"
+    assert predictions_difference(csv_text, csv_text) is None
+    edited = csv_text.replace("u2,joy,anger", "u2,joy,joy")
+    assert predictions_difference(edited, csv_text) == ("predictions.csv: row 2 (seed 0, id u2) column predicted is "
+                                                        "'joy', the checkpoint recorded 'anger'")
+    assert "1 rows, the checkpoint recorded 2" in predictions_difference(csv_text.rsplit("0,split", 1)[0], csv_text)
+
+
+def test_runs_marks_modified_files_but_not_runs_without_records(runs_dir, tmp_path):
+    from mer_pipe.pipeline.train.runcheck import metrics_digest, sha256_file
+
+    d = tmp_path / "rec"
+    shutil.copytree(runs_dir / "gru", d)
+    met = json.loads((d / "metrics.json").read_text())
+    met["files"] = {"predictions.csv": sha256_file(d / "predictions.csv")}
+    met["digest"] = metrics_digest(met)
+    (d / "metrics.json").write_text(json.dumps(met))
+    assert load_runs([d])[0].note == "" and load_runs([runs_dir / "gru"])[0].problems == []
+    with open(d / "predictions.csv", "a") as fh:
+        fh.write("0,split,dev,extra,joy,joy\n")
+    row = load_runs([d])[0]
+    assert row.problems == ["predictions.csv changed since written (sha256 differs)"]
+    assert row.note.startswith("MODIFIED: predictions.csv")
+    met["aggregate"]["test"]["weighted_f1"]["mean"] = 0.99
+    (d / "metrics.json").write_text(json.dumps(met))
+    assert "metrics.json edited since written" in load_runs([d])[0].note

@@ -38,9 +38,10 @@ def synth(
 
 
 def prepare(
-    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), or pickle (a published ERC"
-        " feature pickle: DialogueRNN/MMGCN/COSMIC; docs/interop.md).")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest); for pickle, the .pkl file.")] = None,
+    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), pickle (a published ERC"
+        " feature pickle: DialogueRNN/MMGCN/COSMIC) or parquet (a `cache export --format parquet` file); docs/interop.md.")] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest); for pickle, the .pkl file;"
+        " for parquet, the .parquet file or a folder of them.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the cache (default: the recipe name).")] = None,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="JSONL manifest for the 'manifest' recipe (schema in docs/contracts.md).")] = None,
@@ -49,10 +50,19 @@ def prepare(
     layout: Annotated[Optional[str], typer.Option(help="pickle only: mmgcn-iemocap, mmgcn-meld, dialoguernn-meld, cosmic-iemocap or cosmic-meld (default: detected).")] = None,
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
+    if name is not None:  # every recipe: refused before any work
+        from mer_pipe.pipeline.corpus.hints import check_dataset_name
+
+        check_dataset_name(name)
     if recipe == "pickle":  # a feature pickle: manifest plus locked feature sets (pipeline/interop)
         from .interop import prepare_pickle
 
         prepare_pickle(root, name=name, cache_dir=cache_dir, layout=layout)
+        return
+    if recipe == "parquet":  # a `cache export --format parquet` file: manifest plus locked feature sets
+        from .interop import prepare_parquet
+
+        prepare_parquet(root, name=name, cache_dir=cache_dir)
         return
     from mer_pipe.pipeline.api import prepare as run_prepare
     from mer_pipe.pipeline.corpus.manifest import dataset_dir

@@ -38,6 +38,8 @@ def features(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Re-extract the utterances that shards recorded as"
         " failed (e.g. media copied since); only those shards are rewritten.")] = False,
     hash_media: Annotated[bool, typer.Option("--hash-media", help="Record a sha256 of each failed utterance's media file (default: size and mtime), for `cache verify`.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Checksum every present shard and fine-tuned checkpoint again, even"
+        " unchanged ones (bit rot), and recompute what fails.")] = False,
 ) -> None:
     """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
     from mer_pipe.pipeline import api
@@ -45,7 +47,7 @@ def features(
     summary = api.extract(dataset, preset=preset, only=only, sets=set_ or (), executor=executor, workers=workers,
                           scheduler=scheduler, device=device, strict=strict, cache_dir=cache_dir, batch_size=batch_size,
                           shard_size=shard_size, progress=not no_progress, retry_failed=retry_failed,
-                          hash_media=hash_media, log=typer.echo)
+                          hash_media=hash_media, log=typer.echo, verify=verify)
     typer.echo(summary.format())
     for warning in summary.warnings():
         typer.echo(f"mer-pipe: warning: {warning}", err=True)
@@ -56,12 +58,25 @@ cache_app = typer.Typer(help="Inspect and maintain the feature cache.", no_args_
                         add_completion=False, pretty_exceptions_enable=False)
 
 
-def _store(cache_dir: Path | None):
+def _store(cache_dir: Path | None, dataset: str | None = None):
+    """The store; with `dataset`, refuses a dataset the cache does not hold (listing those it does)."""
     from mer_pipe.cache.store import FeatureStore
+    from mer_pipe.common.errors import ConfigError
 
     from mer_pipe.pipeline.corpus.manifest import cache_root
 
-    return FeatureStore(cache_root(cache_dir))
+    store = FeatureStore(cache_root(cache_dir))
+    if dataset is not None and dataset not in store.datasets():
+        have = ", ".join(store.datasets()) or "none"
+        raise ConfigError(f"--dataset {dataset!r}: no such dataset in {store.root} (datasets: {have}); "
+                          "prepare it with `mer-pipe prepare` or pick one of those")
+    return store
+
+
+def _cd(cache_dir: Path | None) -> str:
+    import shlex
+
+    return "" if cache_dir is None else f" --cache-dir {shlex.quote(str(cache_dir))}"
 
 
 def format_table(rows: Sequence[dict[str, Any]], empty: str = "(nothing)") -> str:
@@ -84,8 +99,15 @@ def cache_ls(
 
     from mer_pipe.cache import checkpoints
 
-    store = _store(cache_dir)
+    from mer_pipe.common.errors import CacheError
+
+    store = _store(cache_dir, dataset)
     typer.echo(format_table([i.row() for i in maintenance.ls(store, dataset)], f"no feature sets in {store.root}"))
+    for ds in [dataset] if dataset is not None else store.datasets():
+        try:
+            store.read_lock(ds)
+        except CacheError as exc:  # one broken dataset must not hide the others
+            typer.echo(f"mer-pipe: warning: dataset {ds}: {exc} (its slots show as ?)", err=True)
     ckpts = checkpoints.ls(store, dataset)
     if ckpts:
         typer.echo("\nfine-tuned checkpoints:")
@@ -102,7 +124,7 @@ def cache_verify(
 
     from mer_pipe.cache import checkpoints
 
-    store = _store(cache_dir)
+    store = _store(cache_dir, dataset)
     problems = [*maintenance.verify(store, dataset), *checkpoints.verify(store, dataset)]
     if not problems:
         n = len(maintenance.ls(store, dataset))
@@ -129,18 +151,27 @@ def cache_gc(
         " (default 600); sets a live feature run holds are always kept.")] = None,
 ) -> None:
     """Remove feature sets no lock refers to, fine-tuned checkpoints no locked feature set depends on, and
-    stale temp files. Dry run unless --yes."""
-    from mer_pipe.cache import maintenance
+    stale temp files. Dry run unless --yes. Only in a marked cache, never through a symlink; prints
+    exactly what it removed."""
+    import math
 
     from mer_pipe.cache import checkpoints
+    from mer_pipe.cache.collect import UnmarkedCache, gc
+    from mer_pipe.common.errors import ConfigError
 
+    if grace is not None and not (math.isfinite(grace) and grace >= 0):
+        raise ConfigError(f"--grace {grace}: give a number of seconds >= 0 (default 600)")
     store = _store(cache_dir)
     kwargs = {} if grace is None else {"grace_s": grace}
-    victims = maintenance.gc(store, dry_run=not yes, **kwargs)
+    try:
+        victims = gc(store, dry_run=not yes, **kwargs)
+    except UnmarkedCache as exc:
+        raise ConfigError(f"{exc}; if it really is a mer-pipe cache made by an earlier version, mark it with "
+                          f"`mer-pipe cache mark --cache-dir {exc.root}` (any feature run writing to it marks it too)") from None
     # fine-tuned checkpoints no locked feature set depends on (after the feature sets: their specs decide)
     ckpt_victims = checkpoints.gc_victims(store, **kwargs)
     if yes:
-        checkpoints.remove(ckpt_victims)
+        ckpt_victims = checkpoints.remove(ckpt_victims, store.root)
     victims = [*victims, *ckpt_victims]
     if not victims:
         typer.echo("nothing to collect")
@@ -159,6 +190,23 @@ def cache_du(
     """Disk use per feature set and per dataset."""
     from mer_pipe.cache import maintenance
 
-    store = _store(cache_dir)
+    store = _store(cache_dir, dataset)
     rows = [u.row() for u in maintenance.du(store) if dataset is None or u.dataset == dataset]
     typer.echo(format_table(rows, f"nothing stored in {store.root}"))
+
+
+@cache_app.command("mark")
+def cache_mark(cache_dir: CacheDirOption = None) -> None:
+    """Mark a cache made by an earlier mer-pipe version as one (so `cache gc` may clean it). Refuses a
+    folder that holds no prepared dataset."""
+    from mer_pipe.common.errors import ConfigError
+
+    store = _store(cache_dir)
+    if store.marked():
+        typer.echo(f"{store.root} is already marked as a mer-pipe cache")
+        return
+    looks = any((store.dataset_dir(ds) / f).is_file() for ds in store.datasets() for f in ("dataset.json", "lock.json"))
+    if not looks:
+        raise ConfigError(f"{store.root} holds no prepared dataset (<name>/dataset.json or lock.json): it is not a "
+                          "mer-pipe cache; pass the folder `mer-pipe prepare`/`features` wrote (--cache-dir)")
+    typer.echo(f"marked {store.mark()}")

@@ -42,8 +42,10 @@ def sweep(
     dev; resume by rerunning the same command. Writes sweep.json, sweep.md and one run dir per (config, seed)."""
     from mer_pipe.pipeline import api
 
-    from .train import parse_slot_overrides
+    from .train import check_comma_list, parse_slot_overrides
 
+    check_comma_list(seeds, "--seeds", "0,1,2")
+    check_comma_list(modalities, "--modalities", "t,a,v")
     res = api.sweep(model, dataset, grid=grid or (), config_file=config, sets=set_ or (), modalities=modalities,
                     seeds=seeds, epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,
                     slots=parse_slot_overrides(slot), out=out, cache_dir=cache_dir, executor=executor, workers=workers,

@@ -18,7 +18,7 @@ def train(
     select_on: Annotated[Optional[str], typer.Option("--select-on", help="Model selection on dev (default) or test (the papers' habit; flagged in every output).")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="standard (default) or kfold10-utterance (DeepMSI's pooled 10-fold CV).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (default: the model's trainer default).")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Trainer defaults: dev (default; chosen on dev, fast) or paper (the paper's optimiser settings).")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="dev (default; chosen on dev, fast) or paper (the specification's model and trainer values; docs/models.md).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Run YAML (from --print-config, or a run's config.yaml).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override model.KEY=VALUE or trainer.KEY=VALUE, e.g. trainer.lr=3e-4, model.vsc.k=8 (repeatable).")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the fully resolved config as YAML and exit without training.")] = False,
@@ -33,6 +33,8 @@ def train(
     from mer_pipe.pipeline import api
     from mer_pipe.pipeline.train.runconfig import config_yaml
 
+    check_comma_list(seeds, "--seeds", "0,1,2")
+    check_comma_list(modalities, "--modalities", "t,a,v")
     cfg = api.train_config(model, dataset, config_file=config, sets=set_ or (), modalities=modalities, seeds=seeds,
                            epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,
                            slots=parse_slot_overrides(slot))
@@ -40,6 +42,15 @@ def train(
         typer.echo(config_yaml(cfg), nl=False)
         return
     api.train(config=cfg, out=out, cache_dir=cache_dir, overwrite=overwrite, log=typer.echo, progress=not no_progress)
+
+
+def check_comma_list(value: str | None, flag: str, example: str) -> str | None:
+    """Refuse an empty item (`--seeds 1,,2`, a trailing comma): a typo that would silently drop a value."""
+    from mer_pipe.common.errors import ConfigError
+
+    if value is not None and any(not part.strip() for part in value.split(",")):
+        raise ConfigError(f"{flag} {value!r} has an empty item; write a comma list without gaps, e.g. {flag} {example}")
+    return value
 
 
 def parse_slot_overrides(items: list[str] | None) -> dict[str, str]:
@@ -67,8 +78,15 @@ def evaluate(
     res = api.evaluate(run_dir, cache_dir=cache_dir, device=device, log=typer.echo)
     a = res["aggregate"]["test"]
     typer.echo(f"test: acc {format_mean_std(a['accuracy'])}  W-F1 {format_mean_std(a['weighted_f1'])}")
+    if res["problems"]:  # corruption or tampering first: the files are not what training wrote
+        more = f" (and {len(res['problems']) - 1} more above)" if len(res["problems"]) > 1 else ""
+        typer.echo(f"mer-pipe: error: {run_dir} no longer holds what training wrote: {res['problems'][0]}{more}; "
+                   "restore the run dir from a copy or retrain with `mer-pipe train`", err=True)
+        raise SystemExit(1)
     if not res["reproduced"]:
-        typer.echo("stored test metrics were NOT reproduced exactly (different device or library versions?)", err=True)
+        why = ("the run's files match what training wrote, so the cause is a different device or library versions"
+               if res.get("recorded") else "different device or library versions? (this run predates file checksums)")
+        typer.echo(f"mer-pipe: error: stored test metrics were NOT reproduced exactly; {why}", err=True)
         raise SystemExit(1)
     typer.echo("stored test metrics reproduced exactly")
 

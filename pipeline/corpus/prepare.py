@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from mer_pipe.common.errors import ConfigError
 from mer_pipe.common.files import write_json_atomic
 
+from .hints import check_dataset_name
 from .manifest import SPLITS, Utterance, dataset_dir, manifest_digest, validate_utterances, write_manifest
 
 
@@ -122,6 +122,7 @@ def prepare(
     from .recipes import get_recipe
 
     rec = get_recipe(recipe)
+    name = check_dataset_name(name or rec.name)  # the feature store's dataset-name rule, plus a length limit
     if root is None:
         if manifest_file is None:
             raise ConfigError(f"prepare {recipe} needs --root DIR: the corpus folder ({rec.layout})")
@@ -129,10 +130,6 @@ def prepare(
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"--root {root} is not a folder; point it at the corpus ({rec.layout})")
-    name = name or rec.name
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$", name):  # the feature store's dataset-name rule
-        raise ConfigError(f"--name {name!r} is not a usable dataset name; start with a letter or digit, then "
-                          "letters, digits, '.', '_', '+', '=' or '-'")
     report = PrepareReport(name=name, recipe=rec.name, root=str(root), probed=probe)
     utts = rec.collect(root, report, probe=probe, manifest_file=manifest_file)
     if not utts:

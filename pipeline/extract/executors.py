@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -87,6 +88,61 @@ def cap_workers(requested: int) -> tuple[int, str | None]:
                  + "; more worker processes would only compete for them")
 
 
+# Task functions of ours whose failures the client re-raises as one line: the worker's own "Compute Failed
+# ... Traceback" dump of them is noise printed before that line.
+OWN_TASKS = ("run_shard-", "run_finetune_task-")
+
+
+class _DropOwnTaskDumps(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except (TypeError, ValueError):
+            return True
+        return not (msg.startswith("Compute Failed") and any(f"Key:       {t}" in msg for t in OWN_TASKS))
+
+
+def quiet_task_dumps(dask_worker: Any = None) -> None:
+    """In a worker process: drop the "Compute Failed" traceback dump of mer-pipe's own tasks (the client
+    re-raises their error as one line); every other worker message (kills, memory) stays. Idempotent."""
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _DropOwnTaskDumps) for f in log.filters):
+        log.addFilter(_DropOwnTaskDumps())
+
+
+def ignore_sigint(dask_worker: Any = None) -> None:
+    """In a local worker process: ignore Ctrl-C. The terminal sends it to the whole process group; workers
+    dying under their nanny print tornado / asyncio tracebacks. The driver alone handles it and closes
+    the cluster. (Not for remote workers: their owner's Ctrl-C must keep working.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def install_quiet_dumps(client: Any, local: bool = False) -> None:
+    """Install `quiet_task_dumps` (and, for our own local cluster, `ignore_sigint`) on every current and
+    future worker of the client's cluster."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietTaskDumps(WorkerPlugin):
+        name = "mer-pipe-quiet-task-dumps"
+
+        def __init__(self, local: bool) -> None:
+            self.local = local
+
+        def setup(self, worker: Any) -> None:
+            quiet_task_dumps(worker)
+            if self.local:
+                ignore_sigint(worker)
+
+    try:
+        client.register_plugin(QuietTaskDumps(local), name=QuietTaskDumps.name)
+    except (OSError, TimeoutError, ValueError, TypeError):
+        pass  # cosmetic: an older or unusual cluster keeps its dumps, the one-line error still follows
+
+
 def default_workers() -> int:
     import os
 
@@ -153,6 +209,7 @@ class DaskExecutor(Executor):
                     "`dask scheduler` and workers with `dask worker ADDRESS` on machines that see the same "
                     "cache directory, or drop --scheduler to use a local cluster"
                 ) from None
+            install_quiet_dumps(self._client)
             self.n_workers = max(1, len(self._client.scheduler_info().get("workers", {})))
             self._where = scheduler
         else:
@@ -168,12 +225,13 @@ class DaskExecutor(Executor):
                     processes=True,
                     n_workers=n,
                     threads_per_worker=1,
-                    dashboard_address=None,
+                    dashboard_address=":0",  # a free port: None still means 8787 (a warning when taken)
                     host="127.0.0.1",
-                    silence_logs=logging.ERROR,
+                    silence_logs=logging.ERROR,  # shutdown chatter (cancelled tasks, slow exits) is not news
                     env=dict(_SINGLE_THREAD_ENV),
                 )
             self._client = Client(self._cluster)
+            install_quiet_dumps(self._client, local=True)
             self.n_workers = n
             self._where = f"local, {n} worker process{'es' if n != 1 else ''}"
 
@@ -213,11 +271,39 @@ class DaskExecutor(Executor):
                 self._client.cancel(pending)
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        finally:
+        # A second Ctrl-C must not cut the shutdown short half-way (that is what prints tracebacks).
+        with _sigint_ignored():
             if self._cluster is not None:
-                self._cluster.close()
+                try:  # our own workers: their shutdown races (heartbeats to a closed scheduler) are not news
+                    self._client.run(_quiet_shutdown, wait=True)
+                except Exception:  # noqa: BLE001 - cosmetic, and the workers may already be gone
+                    pass
+            try:
+                self._client.close()
+            finally:
+                if self._cluster is not None:
+                    self._cluster.close()
+
+
+def _quiet_shutdown() -> None:
+    """In a local worker about to be closed: only critical messages from here on."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (main thread only; elsewhere a no-op), then the old handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _describe(task: Any) -> str:

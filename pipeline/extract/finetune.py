@@ -150,10 +150,12 @@ def _base_name(ext: Any, ref: str) -> str:
 
 # --- binding slots to stages (planning; never trains) ------------------------------------------------
 def bind_finetune_slots(dataset: str, slots: Sequence[SlotSpec], info: Mapping[str, Any], utts: Sequence[Any],
-                        root: Path) -> tuple[list[SlotSpec], list[FinetuneStage], list[CrossfitBinding]]:
+                        root: Path, *, verify: bool = False) -> tuple[list[SlotSpec], list[FinetuneStage], list[CrossfitBinding]]:
     """Replace every fine-tuned slot by the extraction of its (future) checkpoint, keyed through the
-    fine-tune key; returns the new slots, the fine-tune stages and the cross-fit bindings."""
-    from mer_pipe.cache.checkpoints import checkpoint_dir, is_complete
+    fine-tune key; returns the new slots, the fine-tune stages and the cross-fit bindings. `verify`:
+    a checkpoint counts as complete only when its files match the checksums recorded when it appeared
+    (otherwise that is checked only before the checkpoint is read again: `needed_stages`)."""
+    from mer_pipe.cache.checkpoints import checkpoint_dir, is_complete, problem
     from mer_pipe.cache.keys import feature_key
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.extractors import build_extractor
@@ -200,7 +202,7 @@ def bind_finetune_slots(dataset: str, slots: Sequence[SlotSpec], info: Mapping[s
                 revision=getattr(ext.config, "revision", None), base_name=_base_name(ext, ref),
                 base_identity=identity, config=cfg.to_dict(), fold=fold, key=key, path=str(path),
                 train_ids=tuple(train_ids), dev_ids=dev_ids, labels_digest=ldig, manifest_digest=digest,
-                complete=is_complete(path))
+                complete=is_complete(path) and (not verify or problem(path) is None))
 
         main = stage(train_all, None)
         stages.append(main)
@@ -259,7 +261,7 @@ def run_finetune_task(task: FinetuneTask, log: Log = _stderr) -> dict[str, Any]:
     folder appears by a rename once complete; a kill leaves only the resumable work folder.
     """
     from mer_pipe.cache.checkpoints import (META_FILE, TrainingLock, checkpoint_dir, content_digest, is_complete,
-                                            work_dir)
+                                            problem, work_dir)
     from mer_pipe.cache.store import FeatureStore, read_json
     from mer_pipe.common.devices import resolve_device
     from mer_pipe.common.files import write_json_atomic
@@ -271,8 +273,11 @@ def run_finetune_task(task: FinetuneTask, log: Log = _stderr) -> dict[str, Any]:
     final = checkpoint_dir(store, st.dataset, st.key)
     with TrainingLock(store, st.dataset, st.key):
         if is_complete(final):
-            return read_json(final / META_FILE, "fine-tune record")
-        if final.exists():  # a folder without a complete record is not ours to trust
+            bad = problem(final)  # verified like a shard before reuse: never extracted from silently
+            if bad is None:
+                return read_json(final / META_FILE, "fine-tune record")
+            log(f"mer-pipe: note: fine-tuned checkpoint {st.key} is unusable ({bad}); retraining it under the same key")
+        if final.exists():  # a folder without a complete, sound record is not ours to trust
             shutil.rmtree(final)
         info, utts = load_dataset(st.dataset, task.root)
         if info["manifest_digest"] != st.manifest_digest:
@@ -292,7 +297,8 @@ def run_finetune_task(task: FinetuneTask, log: Log = _stderr) -> dict[str, Any]:
         try:
             record = finetune(st.modality, st.base_ref, st.revision, cfg, train, dev,
                               len(info.get("label_names") or []), work, device=device,
-                              log=lambda s: log(f"{prefix}: {s}"), on_step=bar.step)
+                              log=lambda s: log(f"{prefix}: {s}"), on_step=bar.step,
+                              on_discard=lambda s: log(f"mer-pipe: note: {prefix}: {s}"))
         finally:
             bar.close()
         best = work / BEST_DIR
@@ -367,11 +373,11 @@ class _StepBar:
             return
         if self._bar is None or i == 1:
             self.close()
-            from tqdm import tqdm
+            from mer_pipe.common.progress import progress_bar  # a bar on a terminal, else plain lines
 
             self._epoch += 1
-            self._bar = tqdm(total=n, unit="step", desc=f"{self._desc} ep {self._epoch}/{self._epochs}",
-                             dynamic_ncols=True, smoothing=0.1)
+            self._bar = progress_bar(n, unit="step", desc=f"{self._desc} ep {self._epoch}/{self._epochs}",
+                                     dynamic_ncols=True, smoothing=0.1)
         self._bar.update(1)
 
     def close(self) -> None:
@@ -381,7 +387,8 @@ class _StepBar:
 
 
 def needed_stages(plan: Any) -> list[FinetuneStage]:
-    """Fine-tunes whose checkpoint is missing while a feature set built on it is still incomplete."""
+    """Fine-tunes whose checkpoint is missing, or fails its checksums, while a feature set built on it is
+    still incomplete (that is when the checkpoint would be read again)."""
     incomplete: set[str] = set()
     for s in plan.stages:
         if not s.complete and s.spec.get("upstream"):
@@ -389,7 +396,14 @@ def needed_stages(plan: Any) -> list[FinetuneStage]:
     for b in plan.crossfit:
         if not crossfit_complete(plan, b):
             incomplete |= {b.all_key, *b.fold_keys}
-    return [st for st in plan.finetunes if not st.complete and st.key in incomplete]
+    return [st for st in plan.finetunes if st.key in incomplete and not (st.complete and _sound(st.path))]
+
+
+def _sound(path: str) -> bool:
+    """The checkpoint's files match the checksums recorded when it appeared."""
+    from mer_pipe.cache.checkpoints import problem
+
+    return problem(Path(path)) is None
 
 
 def crossfit_complete(plan: Any, b: CrossfitBinding) -> bool:
@@ -426,6 +440,9 @@ def _on_cluster(scheduler: str, task: FinetuneTask, log: Log) -> dict[str, Any]:
     log(f"{task.stage.describe()}: submitted to {scheduler} (one worker; the checkpoint goes to the shared cache)")
     try:
         with Client(scheduler, timeout="30s") as client:
+            from .executors import install_quiet_dumps
+
+            install_quiet_dumps(client)  # the error comes back as one line here, not as a worker dump
             return client.submit(run_finetune_task, task, pure=False).result()
     except MerPipeError:
         raise
@@ -555,7 +572,9 @@ def format_plan(plan: Any) -> str:
         keys = [b.all_key, *b.fold_keys] if b else [up]
         for k in keys:
             st = by_key[k]
-            state = "cached" if st.complete else ("train" if k in needed else "not needed")
+            bad = st.complete or Path(st.path).is_dir()  # present but not sound (complete only when checked)
+            state = ("retrain: fails its checksums" if bad else "train") if k in needed else \
+                ("cached" if st.complete else "not needed" + (": fails its checksums" if bad else ""))
             lines.append(f"  {st.describe()} [{state}] {k[:8]} ->")
         lines.append(f"    {ext}" + (f" -> cross-fit assembly {','.join(s.slots)}" if b else ""))
     return "\n".join(lines)

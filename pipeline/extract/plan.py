@@ -131,7 +131,15 @@ def _items(modality: str, utts: Sequence[Any], corpus_root: Path) -> list[dict[s
 
 def _layout(store: Any, dataset: str, extractor: str, key: str, n_items: int, shard_size: int | None) -> tuple[int, int]:
     """(shard_size, n_shards): from an existing spec.json when there is one, else from `shard_size`."""
+    from mer_pipe.cache.recovery import recover_layout, spec_usable
+
     spec_path = store.feature_dir(dataset, extractor, key) / "spec.json"
+    if spec_path.is_file() and not spec_usable(store, dataset, extractor, key):
+        spec_path.unlink()  # unreadable: rebuilt below from the shards, like a deleted one
+    if not spec_path.is_file():
+        recovered, _ = recover_layout(store, dataset, extractor, key, n_items)  # deletes unsound/stray shards
+        if recovered is not None:
+            return recovered
     if spec_path.is_file():
         spec = store.read_spec(dataset, extractor, key)
         size, n = spec.get("shard_size"), spec.get("n_shards")
@@ -154,12 +162,14 @@ def make_plan(
     cache_dir: str | Path | None = None,
     shard_size: int | None = None,
     retry_failed: bool = False,
+    verify: bool = False,
 ) -> Plan:
     """Resolve every slot's extractor, compute keys, fix shard layouts and list the missing shards.
 
     A present shard that cannot be opened or fails its checksum counts as missing (checked once per
     shard version, `cache/integrity.py`). `retry_failed`: sound shards that recorded failed utterances
-    get a task that extracts those utterances again and keeps the other rows.
+    get a task that extracts those utterances again and keeps the other rows. `verify`: checksum every
+    present shard again, even those recorded as checked (bit rot leaves size and mtime alone).
 
     Writes spec.json for feature sets seen for the first time (so their layout is fixed before any
     shard exists). Raises ConfigError / ModelLoadError for bad slots, CacheError for an unprepared dataset.
@@ -180,7 +190,7 @@ def make_plan(
     digest = info["manifest_digest"]
     from .finetune import bind_finetune_slots  # fine-tuned slots -> extraction keyed on the fine-tune (no training)
 
-    slots, finetunes, crossfit = bind_finetune_slots(dataset, slots, info, utts, root)
+    slots, finetunes, crossfit = bind_finetune_slots(dataset, slots, info, utts, root, verify=verify)
     corpus_root = Path(info.get("root") or ".")
     store = FeatureStore(root)
 
@@ -215,7 +225,7 @@ def make_plan(
             store.write_spec(dataset, name, key, spec_dict)
         else:
             spec_dict = store.read_spec(dataset, name, key)
-        sound, corrupt = sound_shards(store, dataset, name, key, n_shards)
+        sound, corrupt = sound_shards(store, dataset, name, key, n_shards, full=verify)
         missing = sorted(set(range(n_shards)) - sound)
         retry = _failed_ids(store, dataset, name, key, n_shards, sound) if retry_failed else {}
         items = _items(e["modality"], utts, corpus_root)

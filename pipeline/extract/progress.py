@@ -24,15 +24,16 @@ def reason_category(reason: str) -> str:
 
 
 class Progress:
-    """tqdm over utterances (rate in utt/s and ETA); a no-op when disabled."""
+    """A bar over utterances (rate in utt/s and ETA; plain lines when stderr is no terminal, see
+    common/progress.py); a no-op when disabled."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self._bar = None
         self._failed = 0
         if enabled and total:
-            from tqdm import tqdm
+            from mer_pipe.common.progress import progress_bar
 
-            self._bar = tqdm(total=total, unit="utt", desc="features", dynamic_ncols=True, smoothing=0.1)
+            self._bar = progress_bar(total, unit="utt", desc="features", dynamic_ncols=True, smoothing=0.1)
 
     def update(self, n: int, failed: int = 0) -> None:
         if self._bar is None:

@@ -335,6 +335,7 @@ def extract_features(
     retry_failed: bool = False,
     hash_media: bool = False,
     log: Log | None = None,
+    verify: bool = False,
 ) -> RunSummary:
     """Make every slot's feature set complete and lock it; returns the run summary.
 
@@ -342,7 +343,8 @@ def extract_features(
     Each feature set is held under its run lock from planning until its slots are locked: a concurrent
     run on the same cache waits, then computes only what is still missing. `retry_failed` re-extracts
     the utterances that shards recorded as failed (only those shards); `hash_media` adds the media
-    file's sha256 to new failure records. `log` gets one-line notices (default: stderr).
+    file's sha256 to new failure records. `verify` checksums every present shard and fine-tuned checkpoint
+    again (bit rot keeps size and mtime). `log` gets one-line notices (default: stderr).
     """
     from mer_pipe.common.errors import ConfigError
 
@@ -355,7 +357,8 @@ def extract_features(
     t0 = time.perf_counter()
 
     def planned() -> Plan:
-        return make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size, retry_failed=retry_failed)
+        return make_plan(dataset, slots, cache_dir=cache_dir, shard_size=shard_size, retry_failed=retry_failed,
+                         verify=verify)
 
     plan = planned()
     locks, stale = _claim_stages(plan, log)

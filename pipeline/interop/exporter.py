@@ -149,9 +149,24 @@ def build_tuple(fmt: str, variant: str, utts, feats: dict[str, np.ndarray | None
     return ids, spk, lab, t, a, v, sents, train + dev, test, sent if known else None
 
 
+def check_out(out: str | Path, root: Path, overwrite: bool = False) -> Path:
+    """The export target, refused before any work when it is a folder, lies inside the cache (a lock or
+    shard must never be overwritten by an export), or exists and `overwrite` is off."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give the pickle file to write, e.g. --out {path / 'features.pkl'}")
+    real, croot = path.resolve(), root.expanduser().resolve()
+    if real == croot or real.is_relative_to(croot):
+        raise ConfigError(f"--out {path} lies inside the cache {croot}; the cache holds only what the store writes, "
+                          "so write the export elsewhere")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise ConfigError(f"--out {path} already exists; pass --overwrite to replace it, or choose another file")
+    return path
+
+
 def export_dataset(dataset: str, fmt: str, out: str | Path, cache_dir: str | Path | None = None,
-                   variant: str | None = None) -> ExportResult:
-    """Write `dataset`'s locked features as a `fmt` pickle at `out` (atomically)."""
+                   variant: str | None = None, overwrite: bool = False) -> ExportResult:
+    """Write `dataset`'s locked features as a `fmt` pickle at `out` (atomically; see `check_out`)."""
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.pipeline.corpus.manifest import cache_root, load_dataset
 
@@ -159,6 +174,7 @@ def export_dataset(dataset: str, fmt: str, out: str | Path, cache_dir: str | Pat
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    out = check_out(out, cache_root(cache_dir), overwrite)
     info, utts = load_dataset(dataset, cache_dir)
     variant = _variant(info, variant)
     store = FeatureStore(cache_root(cache_dir))
@@ -178,7 +194,7 @@ def export_dataset(dataset: str, fmt: str, out: str | Path, cache_dir: str | Pat
             if fmt == "cosmic":
                 feats[s] = feats["t"]
     obj = build_tuple(fmt, variant, utts, feats, warnings)
-    path = dump_pickle(obj, Path(out).expanduser())
+    path = dump_pickle(obj, out)
     counts = {s: len({u.dialogue_id for u in utts if u.split == s}) for s in ("train", "dev", "test")}
     return ExportResult(path=path, fmt=fmt, variant=variant, loader=LOADERS[(fmt, variant)], dialogues=counts,
                         slots={s: int(a.shape[1]) for s, a in feats.items() if a is not None}, warnings=warnings)

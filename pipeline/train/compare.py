@@ -132,6 +132,39 @@ def _bootstrap(pa: Predictions, pb: Predictions, seeds: list[int], ids: list[str
     return np.concatenate(out)
 
 
+def _identity(run_dir: Path) -> tuple[str | None, str | None, dict[str, str]]:
+    """(dataset, manifest digest, modality -> 'extractor key') from metrics.json; None where it is not recorded."""
+    import json
+
+    try:
+        met = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, None, {}
+    feats = met.get("features") if isinstance(met.get("features"), dict) else {}
+    return (met.get("dataset"), met.get("manifest_digest"),
+            {m: f"{f.get('extractor')} {f.get('key')}" for m, f in feats.items() if isinstance(f, dict)})
+
+
+def same_corpus(a_dir: Path, b_dir: Path) -> list[str]:
+    """Comparable = the same utterances: equal manifest digests (ids, dialogues, order, text, media), whatever the
+    datasets are called (frozen vs fine-tuned features of one corpus are prepared under two names). Refuses two
+    digests that differ, or two names without a recorded digest; returns notes naming the feature keys that differ."""
+    (da, ma, fa), (db, mb, fb) = _identity(a_dir), _identity(b_dir)
+    if ma and mb and ma != mb:
+        raise ConfigError(f"{a_dir} and {b_dir} were trained on different manifests (digest {ma[:12]} vs {mb[:12]}): "
+                          "the utterances differ in ids, text or media; compare runs of one prepared corpus")
+    if da and db and da != db and not (ma and mb):
+        raise ConfigError(f"{a_dir} is on dataset {da!r} and {b_dir} on {db!r}, and a run without a recorded manifest "
+                          "digest cannot show they hold the same utterances; retrain it with this mer-pipe")
+    notes = [f"note: A is on dataset {da!r} and B on {db!r}, prepared from the same manifest (digest {ma[:12]}): "
+             "the same utterances"] if da != db and ma else []
+    diff = [f"{m}: {fa.get(m, 'not used')} (A) vs {fb.get(m, 'not used')} (B)"
+            for m in sorted(set(fa) | set(fb), key="tav".find) if fa.get(m) != fb.get(m)]
+    if diff:
+        notes.append("note: feature keys differ: " + "; ".join(diff))
+    return notes
+
+
 def noise_verdict(diff: float, ci: tuple[float, float], agree: int, n_seeds: int, seed_std: float) -> str:
     """'larger than seed noise' when the utterance-bootstrap interval excludes 0, every shared seed agrees on the
     sign and |diff| exceeds the seed-to-seed std; otherwise 'within noise (why)'."""
@@ -152,9 +185,7 @@ def compare_runs(a_dir: Path, b_dir: Path, resamples: int = DEFAULT_RESAMPLES,
     if resamples < 1000:
         raise ConfigError(f"--resamples {resamples}: use at least 1000 for a stable 95% interval")
     ra, rb = read_run(Path(a_dir)), read_run(Path(b_dir))
-    if ra.dataset and rb.dataset and ra.dataset != rb.dataset:
-        raise ConfigError(f"{a_dir} is on dataset {ra.dataset!r} and {b_dir} on {rb.dataset!r}; "
-                          "compare runs of one dataset")
+    corpus_notes = same_corpus(Path(a_dir), Path(b_dir))  # by manifest digest (test ids: _check_same_test_set)
     pa, pb = read_predictions(a_dir), read_predictions(b_dir)
     seeds = sorted(set(pa.by_seed) & set(pb.by_seed))
     if not seeds:
@@ -174,6 +205,10 @@ def compare_runs(a_dir: Path, b_dir: Path, resamples: int = DEFAULT_RESAMPLES,
     seed_std = max(float(np.std(list(w.values()), ddof=1)) if len(seeds) > 1 else 0.0 for w in (wa, wb))
     warnings = tuple(f"WARNING: {name} was selected on the test set; its test scores are optimistic"
                      for name, r in (("A", ra), ("B", rb)) if r.selection == "test")
+    warnings += tuple(f"WARNING: {name}'s files do not match what `mer-pipe train` wrote ({', '.join(r.problems)}); "
+                      "its numbers may not be the trained run's (corrupted or edited); `mer-pipe evaluate` it"
+                      for name, r in (("A", ra), ("B", rb)) if r.problems)
+    warnings += tuple(corpus_notes)
     warnings += tuple(f"note: seeds {sorted(set(p.by_seed) - set(seeds))} of {name} have no partner in the other "
                       "run and are left out" for name, p in (("A", pa), ("B", pb)) if set(p.by_seed) - set(seeds))
     return Comparison(str(a_dir), str(b_dir), tuple(seeds), len(ids), per_class, wa, wb, diff, ci,

@@ -31,13 +31,26 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Re-score a run. Refuses (CacheError) features whose key differs from the checkpoint's.
 
-    Returns {"runs": [{seed, fold, test, stored, reproduced}], "aggregate": {...}, "reproduced": bool}.
+    Returns {"runs": [{seed, fold, test, stored, reproduced}], "aggregate": {...}, "reproduced": bool,
+    "problems": [...]}: `problems` names each run file (and field) that differs from what training wrote
+    (runcheck.py); any makes `reproduced` False.
     """
-    from mer_pipe.models.registry import build_model
+    from mer_pipe.models import _all  # noqa: F401  (registers every model)
+    from mer_pipe.models.registry import MODELS, build_model
 
     from .loop import TrainConfig, predict
 
-    ck = load_checkpoint(Path(run_dir))
+    tampered = checkpoint_changed(Path(run_dir))
+    try:
+        ck = load_checkpoint(Path(run_dir))
+    except CacheError as exc:
+        if tampered:  # corruption or tampering first: the record says the file is not what training wrote
+            raise CacheError(f"{tampered}; {exc}") from None
+        raise
+    problems = ([tampered] if tampered else []) + record_problems(Path(run_dir), ck)
+    if log:
+        for p in problems:
+            log(f"DIFFERS: {p}")
     modalities = tuple(ck["modalities"])
     feats = ck["features"]
     if cache_dir is None:
@@ -62,7 +75,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
                              f"dataset {ck['dataset']!r} any more ({len(missing)} missing); re-prepare the same corpus")
         keep = np.zeros(corpus.n, dtype=bool)
         keep[[pos[u] for u in run["test_ids"]]] = True
-        model = build_model(ck["model"], task, modalities, ck["model_config"])
+        model = build_model(ck["model"], task, modalities, MODELS.get(ck["model"]).config_cls.from_saved(ck["model_config"]))
         model.load_state_dict(run["state_dict"])
         model.to(device)
         p = predict(model, corpus, make_view(corpus, keep, cfg.unit), cfg.eval_batch_size, device, cfg.amp,
@@ -80,4 +93,57 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
     for note in ck.get("notes", []):
         if log:
             log(note)
-    return {"runs": out_runs, "aggregate": {"test": agg}, "reproduced": all(r["reproduced"] for r in out_runs)}
+    return {"runs": out_runs, "aggregate": {"test": agg}, "problems": problems, "recorded": "record" in ck,
+            "reproduced": not problems and all(r["reproduced"] for r in out_runs)}
+
+
+def _metrics_json(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        met = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return met if isinstance(met, dict) else None
+
+
+def checkpoint_changed(run_dir: Path) -> str | None:
+    """A sentence when checkpoint.pt's sha256 differs from the one metrics.json recorded (None when it matches
+    or nothing was recorded)."""
+    from .runcheck import FILES_KEY, sha256_file
+
+    files = (_metrics_json(run_dir) or {}).get(FILES_KEY)
+    want = files.get("checkpoint.pt") if isinstance(files, dict) else None
+    path = run_dir / "checkpoint.pt"
+    if not isinstance(want, str) or not path.is_file() or sha256_file(path) == want:
+        return None
+    return ("checkpoint.pt: sha256 differs from the one metrics.json recorded when the run was written (the file "
+            "is corrupted or was replaced)")
+
+
+def record_problems(run_dir: Path, ck: dict[str, Any]) -> list[str]:
+    """metrics.json and predictions.csv against the checkpoint's record; one sentence per differing file."""
+    from .runcheck import DIGEST_KEY, metrics_difference, metrics_digest, predictions_difference
+
+    rec = ck.get("record")
+    if not isinstance(rec, dict):
+        return []  # a run written before records existed: re-scoring is the only check
+    problems = []
+    met = _metrics_json(run_dir)
+    if met is None:
+        problems.append("metrics.json: missing or unreadable; the checkpoint has the record of it")
+    else:
+        diff = metrics_difference(met, rec.get("metrics", {}))
+        if diff is None and isinstance(met.get(DIGEST_KEY), str) and met[DIGEST_KEY] != metrics_digest(met):
+            diff = "metrics.json: field files (the checksums) differs from what was written (its digest does not match)"
+        if diff:
+            problems.append(diff)
+    try:
+        text = (run_dir / "predictions.csv").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"predictions.csv: unreadable ({type(exc).__name__}); the checkpoint has the record of it")
+    else:
+        diff = predictions_difference(text, rec.get("predictions_csv", ""))
+        if diff:
+            problems.append(diff)
+    return problems

@@ -19,6 +19,10 @@ from .data import Corpus, View, feature_stats, iter_batches
 from .metrics import class_counts, class_weights_from_counts, classification_metrics, focal_loss
 from .protocols import Fold
 
+MAX_LR = 10.0  # larger rates only ever diverge; refused before any work
+MAX_WEIGHT_DECAY = 10.0
+
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """Trainer settings. Defaults here < the model class's `train_defaults` < `--config` < `--set trainer.K=V`.
@@ -52,9 +56,14 @@ class TrainConfig(Config):
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             self.require(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("lr", "weight_decay", "grad_clip", "focal_gamma"):  # nan fails every comparison: say so first
+            self.require(math.isfinite(getattr(self, name)), name, "must be a finite number")
         for name in ("patience", "warmup_epochs", "weight_decay", "grad_clip"):
             self.require(getattr(self, name) >= 0, name, "must be >= 0")
         self.require(self.lr > 0, "lr", "must be > 0")
+        self.require(self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (typical 1e-4 .. 1e-2)")
+        self.require(self.weight_decay <= MAX_WEIGHT_DECAY, "weight_decay", f"must be in [0, {MAX_WEIGHT_DECAY:g}]")
+        self.require(0 <= self.focal_gamma <= 100, "focal_gamma", "must be in [0, 100]")
 
 
 def make_train_config(model: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -234,7 +243,8 @@ def _train_epoch(run: _Run, corpus: Corpus, fold: Fold, cfg: TrainConfig, device
         with _autocast(device, cfg.amp):
             out = model(batch)
         sel = batch.mask & (batch.label >= 0)
-        main = _main_loss(out.logits[sel].float(), batch.label[sel], cfg, run.weight)
+        main = sum(_main_loss(lg[sel].float(), batch.label[sel], cfg, run.weight)  # per head with train_logits
+                   for lg in (out.train_logits or (out.logits,)))
         loss = main + sum((v.float() for v in out.losses.values()), torch.zeros((), device=device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{where}: non-finite loss; lower trainer.lr")
@@ -281,6 +291,7 @@ def fit(model_name: str, model_config, corpus: Corpus, modalities: tuple[str, ..
         if cfg.patience and bad >= cfg.patience and epoch + 1 < cfg.epochs:
             stop = f"early stop: no better {fold.select_on} W-F1 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch + 1})"
         rec = {"epoch": epoch, **losses, "dev_loss": p.loss, "dev_weighted_f1": score, "dev_accuracy": dev_m["accuracy"],
+               "lr": run.opts["main"].param_groups[0]["lr"],
                "seconds": time.perf_counter() - te, "best_weighted_f1": best, "best_epoch": best_epoch, "stop": stop}
         history.append(rec)
         if on_epoch:

@@ -20,6 +20,7 @@ from .protocols import RunRecord
 
 CHECKPOINT_FORMAT = 1
 SCALARS = ("accuracy", "weighted_f1", "macro_f1")
+FIGURES = ("confusion.png", "per_class_f1.png", "curves.png")
 
 
 def _seed_summary(records: Sequence[RunRecord], part: str) -> dict[str, float]:
@@ -73,7 +74,11 @@ def default_run_dir(model: str, dataset: str, base: str | Path = "runs") -> Path
 def write_run(run_dir: Path, cfg, records: Sequence[RunRecord], corpus, *, notes: Sequence[str],
               cache_root: Path, complete: bool, wall_seconds: float) -> dict[str, Any]:
     """Write every run file atomically; returns the metrics dict. Called after each finished seed too
-    (`complete=False`), so an interrupted multi-seed run keeps the seeds it finished."""
+    (`complete=False`), so an interrupted multi-seed run keeps the seeds it finished.
+
+    Order: checkpoint.pt (with the record of the metrics and predictions, runcheck.py), then config.yaml,
+    predictions.csv and the figures, and metrics.json last, holding the checksums of the others: a write that
+    fails (a full disk) leaves no metrics.json that claims what is not there."""
     import io
 
     import torch
@@ -81,31 +86,43 @@ def write_run(run_dir: Path, cfg, records: Sequence[RunRecord], corpus, *, notes
     from mer_pipe.common.config import to_plain
     from mer_pipe.common.files import atomic_path, write_json_atomic, write_text_atomic
 
+    from .runcheck import DIGEST_KEY, FILES_KEY, metrics_digest, plain_metrics, sha256_bytes, sha256_file
     from .runconfig import config_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"cache_dir": str(cache_root), "features": corpus.features}
-    write_text_atomic(run_dir / "config.yaml", config_yaml(cfg, notes) + yaml_block(meta))
+    config_text = config_yaml(cfg, notes) + yaml_block(meta)
     metrics = {"model": cfg.model, "dataset": cfg.dataset, "modalities": list(cfg.modalities),
-               "protocol": cfg.protocol, "select_on": cfg.select_on, "complete": complete,
+               "protocol": cfg.protocol, "select_on": cfg.select_on, "profile": cfg.profile, "complete": complete,
                "seeds_planned": list(cfg.seeds), "wall_seconds": wall_seconds, **meta,
+               "manifest_digest": corpus.manifest_digest,  # runs compare: same utterances under two dataset names
                **summarize(records, corpus.class_names, notes)}
-    write_json_atomic(run_dir / "metrics.json", metrics, sort_keys=False)
     buf = io.StringIO()
     write_predictions(buf, records, corpus.ids, corpus.class_names, cfg.select_on)
-    write_text_atomic(run_dir / "predictions.csv", buf.getvalue())
-    write_figures(run_dir, cfg, records, metrics, corpus.class_names)
+    predictions = buf.getvalue()
+    texts = {"config.yaml": config_text, "predictions.csv": predictions}
+    blob = io.BytesIO()  # serialised in memory: torch's zip writer turns ENOSPC into a bare RuntimeError
+    torch.save({
+        "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_config": cfg.model_config.to_dict(),
+        "trainer": cfg.trainer.to_dict(), "dataset": cfg.dataset, "cache_dir": str(cache_root),
+        "modalities": list(cfg.modalities), "features": to_plain(corpus.features),
+        "protocol": cfg.protocol, "select_on": cfg.select_on, "notes": list(notes),
+        "task": to_plain(dataclasses.asdict(corpus.task)), "manifest_digest": corpus.manifest_digest,
+        "runs": [{"seed": r.seed, "fold": r.fold, "state_dict": r.result.state_dict, "test_ids": r.test_ids,
+                  "feature_stats": r.result.stats,
+                  "test": {k: r.result.test[k] for k in SCALARS}} for r in records],
+        "record": {"metrics": plain_metrics(metrics), "predictions_csv": predictions,
+                   FILES_KEY: {n: sha256_bytes(t.encode("utf-8")) for n, t in texts.items()}},
+    }, blob)
     with atomic_path(run_dir / "checkpoint.pt") as tmp:
-        torch.save({
-            "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_config": cfg.model_config.to_dict(),
-            "trainer": cfg.trainer.to_dict(), "dataset": cfg.dataset, "cache_dir": str(cache_root),
-            "modalities": list(cfg.modalities), "features": to_plain(corpus.features),
-            "protocol": cfg.protocol, "select_on": cfg.select_on, "notes": list(notes),
-            "task": to_plain(dataclasses.asdict(corpus.task)), "manifest_digest": corpus.manifest_digest,
-            "runs": [{"seed": r.seed, "fold": r.fold, "state_dict": r.result.state_dict, "test_ids": r.test_ids,
-                      "feature_stats": r.result.stats,
-                      "test": {k: r.result.test[k] for k in SCALARS}} for r in records],
-        }, tmp)
+        tmp.write_bytes(blob.getbuffer())
+    for name, text in texts.items():
+        write_text_atomic(run_dir / name, text)
+    write_figures(run_dir, cfg, records, metrics, corpus.class_names)
+    names = ["checkpoint.pt", *texts, *(p for p in FIGURES if (run_dir / p).is_file())]
+    final = {**metrics, FILES_KEY: {n: sha256_file(run_dir / n) for n in names}}
+    final[DIGEST_KEY] = metrics_digest(final)
+    write_json_atomic(run_dir / "metrics.json", final, sort_keys=False)  # last: the run is complete only now
     return metrics
 
 

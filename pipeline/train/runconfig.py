@@ -2,8 +2,9 @@
 read back by --config, saved as the run's config.yaml).
 
 Precedence, lowest first: the component defaults (TrainConfig, the model's config class) < the model's
-`train_defaults` (or `paper_train_defaults` with `profile: paper`) < the `--config` YAML < `--set
-model.K=V` / `--set trainer.K=V` < the dedicated flags (--epochs, --seeds, ...).
+`train_defaults` < with `profile: paper`, the model's `paper_profile` rows (model and trainer fields where
+the specification differs from the dev defaults) < the `--config` YAML < `--set model.K=V` / `--set
+trainer.K=V` < the dedicated flags (--epochs, --seeds, ...).
 """
 from __future__ import annotations
 
@@ -125,22 +126,70 @@ def resolve_run_config(file_values: Mapping[str, Any], sets: Sequence[str] = (),
     from mer_pipe.models.registry import MODELS
 
     cls = MODELS.get(values["model"])
-    profile = values.get("profile", "dev")
-    base = cls.paper_train_defaults if profile == "paper" else cls.train_defaults
+    paper = values.get("profile", "dev") == "paper"
+    base = cls.paper_train_defaults if paper else cls.train_defaults
     epochs = values.pop("epochs", None)
     trainer = deep_merge(deep_merge(dict(base), values.get("trainer") or {}), over.get("trainer", {}))
     if epochs is not None:
         trainer["epochs"] = epochs
     values["trainer"] = trainer
     # on top of the model's full defaults, so a nested override (model.vsc.k) keeps the model's other vsc values
-    values["model_config"] = deep_merge(deep_merge(cls.config_cls().to_dict(), values.get("model_config") or {}),
-                                        over.get("model", {}))
+    model_base = deep_merge(cls.config_cls().to_dict(), cls.paper_model_defaults if paper else {})
+    values["model_config"] = deep_merge(deep_merge(model_base, values.get("model_config") or {}), over.get("model", {}))
     return RunConfig.from_dict(values)
+
+
+def _lookup(d: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def paper_table(model: str) -> list[dict[str, Any]]:
+    """The `--profile paper` rows of a registered model: key, paper value, dev default, source, reference."""
+    from mer_pipe.models import _all  # noqa: F401
+    from mer_pipe.models.registry import MODELS
+
+    cls = MODELS.get(model)
+    dev_model, dev_trainer = cls.config_cls().to_dict(), TrainConfig.from_dict(cls.train_defaults).to_dict()
+    rows = []
+    for r in cls.paper_profile:
+        section, key = r.key.split(".", 1)
+        dev = _lookup(dev_model if section == "model" else dev_trainer, key)
+        rows.append({"key": r.key, "paper": r.value, "dev": dev, "source": r.source, "ref": r.ref})
+    return rows
+
+
+def _cell(v: Any) -> str:
+    return "true" if v is True else "false" if v is False else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def paper_table_markdown() -> str:
+    """The table in docs/models.md ("--profile paper"), generated from every model's `paper_profile`."""
+    from mer_pipe.models import _all  # noqa: F401
+    from mer_pipe.models.registry import MODELS
+
+    lines = ["| model | field | paper | dev default | source | where (specification) |", "|---|---|---|---|---|---|"]
+    for name in MODELS.names():
+        for r in paper_table(name):
+            lines.append(f"| {name} | `{r['key']}` | {_cell(r['paper'])} | {_cell(r['dev'])} | {r['source']} | {r['ref']} |")
+    return "\n".join(lines)
+
+
+def profile_notes(cfg: RunConfig) -> list[str]:
+    """Comment lines for config.yaml / --print-config: which values the paper profile set."""
+    if cfg.profile != "paper":
+        return []
+    rows = paper_table(cfg.model)
+    if not rows:
+        return ["profile paper: no value differs from the dev profile"]
+    return ["profile paper: the specification's values (docs/models.md), unless overridden below:"] + [
+        f"  {r['key']}: {_cell(r['paper'])} (dev {_cell(r['dev'])}; {r['source']}, {r['ref']})" for r in rows]
 
 
 def config_yaml(cfg: RunConfig, notes: Sequence[str] = ()) -> str:
     """The YAML that --print-config shows and config.yaml stores (notes as comments on top)."""
     import yaml
 
-    head = "".join(f"# {n}\n" for n in notes)
+    head = "".join(f"# {n}\n" for n in [*notes, *profile_notes(cfg)])
     return head + yaml.safe_dump(to_plain(cfg.to_dict()), sort_keys=False)

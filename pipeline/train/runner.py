@@ -21,6 +21,10 @@ from .runconfig import RunConfig
 Log = Callable[[str], None]
 
 
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite mid-run: the run failed with this reason (its settings are to blame)."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -63,9 +67,11 @@ def usable_modalities(dataset: str, cache_dir: Path, slots: dict[str, str]) -> t
 
 
 def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log) -> RunConfig:
-    from mer_pipe.pipeline.corpus.hints import prepare_command
+    from mer_pipe.pipeline.corpus.hints import check_dataset_name, prepare_command
     from mer_pipe.pipeline.corpus.manifest import dataset_dir
 
+    check_dataset_name(cfg.dataset, "--dataset", ": give the name the dataset was prepared under, not a path "
+                       f"(`mer-pipe cache ls --cache-dir {cache_dir}` lists them)")
     if not (dataset_dir(cfg.dataset, cache_dir) / "dataset.json").is_file():
         raise CacheError(f"dataset {cfg.dataset!r} is not prepared in {cache_dir}; run "
                          f"`{prepare_command(cfg.dataset, cache_dir=cache_dir)}` first")
@@ -90,6 +96,7 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
     from .loop import fit
     from .progress import TrainProgress
     from .report import format_summary, write_run
+    from .tensorboard import RunBoard
 
     check_out_dir(out, overwrite)
     cfg = resolve_modalities(cfg, cache_dir, log)
@@ -97,6 +104,8 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
     corpus = load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots)
     folds = make_folds(corpus, cfg.protocol, cfg.select_on, cfg.trainer.unit)  # refuses empty splits up front
     notes = protocol_notes(cfg.protocol, cfg.select_on)
+    if overwrite:  # the run being replaced no longer speaks for this dir; metrics.json comes back last, when complete
+        (out / "metrics.json").unlink(missing_ok=True)
     for note in notes:
         log(note)
     log(f"training {cfg.model} on {cfg.dataset} [{','.join(cfg.modalities)}] on {device}: protocol {cfg.protocol}, "
@@ -113,7 +122,9 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
             return write_run(out, cfg, [r for r in records if r.seed in done], corpus, notes=notes,
                              cache_root=cache_dir, complete=done == list(cfg.seeds), wall_seconds=time.perf_counter() - t0)
 
-    bar = TrainProgress(len(cfg.seeds) * len(folds), cfg.trainer.epochs, cfg.select_on, enabled=progress, log=log)
+    board = RunBoard(out, cfg.to_dict(), log=log)  # TensorBoard event files in out/tensorboard
+    bar = TrainProgress(len(cfg.seeds) * len(folds), cfg.trainer.epochs, cfg.select_on, enabled=progress, log=log,
+                        board=board)
     try:
         for seed in cfg.seeds:
             for fold in folds:
@@ -132,7 +143,15 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
         kept = (f"kept seeds {','.join(map(str, done))} in {out} (marked incomplete); for the rest rerun with "
                 f"--seeds {rest} and another --out") if done else "no seed had finished; rerun the same command"
         raise KeyboardInterrupt(f"training interrupted; {kept}") from None
-    bar.close()
+    except FloatingPointError as exc:  # loop.fit: a non-finite loss; a failed run with its reason, not a traceback
+        bar.close()
+        done = finished()
+        kept = (f"seeds {','.join(map(str, done))} finished and are kept in {out} (marked incomplete)" if done
+                else "no seed had finished")
+        raise TrainingDiverged(f"training diverged: {exc} (now {cfg.trainer.lr:g}; trainer.grad_clip is "
+                               f"{cfg.trainer.grad_clip:g}) or check the model's loss settings (--set model.*); "
+                               f"{kept}") from None
+    bar.close(metrics)
     log(format_summary(metrics))
     log(f"run directory: {out}")
     return TrainResult(out, metrics, cfg)

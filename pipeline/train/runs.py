@@ -1,7 +1,8 @@
 """Run directories as rows of a table: discovery, reading, filtering, sorting and the four formats of `mer-pipe runs`.
 
-A run dir is a folder holding metrics.json (report.write_run). A folder with config.yaml, predictions.csv or
-checkpoint.pt but no metrics.json is a partial run: it is listed with a note, never a traceback. Fields that an
+A run dir is a folder holding metrics.json (report.write_run, which writes it last). A folder with config.yaml,
+predictions.csv or checkpoint.pt but no metrics.json is an incomplete run: it is listed with a note, never a
+traceback. A run whose files no longer match the checksums metrics.json recorded (runcheck.py) is noted MODIFIED. Fields that an
 older or interrupted run lacks are None: `-` in table and md, an empty cell in csv, null in json.
 Scores in csv/json are fractions (0..1); table and md show percent. A run selected on the test set has no dev
 score (its metrics.json "dev" part is the test set), so by default it ranks last, flagged TEST!.
@@ -20,6 +21,8 @@ from typing import Any
 import numpy as np
 import yaml
 from mer_pipe.common.errors import ConfigError
+
+from .runcheck import describe_problems, file_problems
 
 RUN_MARKERS = ("config.yaml", "predictions.csv", "checkpoint.pt")
 FORMATS = ("table", "csv", "md", "json")
@@ -40,6 +43,7 @@ class RunRow:
     modalities: str | None = None
     features: str | None = None  # "t:dd518d a:9433b1" (extractor key prefixes)
     protocol: str | None = None
+    profile: str | None = None  # dev | paper (train --profile)
     selection: str | None = None  # dev | test
     seeds: str | None = None
     n_seeds: int | None = None
@@ -56,9 +60,10 @@ class RunRow:
     wall_s: float | None = None  # training seconds summed over (seed, fold)
     note: str = ""
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # config.yaml, not an output column
+    problems: list[str] = field(default_factory=list, repr=False)  # files that no longer match their record
 
 
-COLUMNS = tuple(f.name for f in fields(RunRow) if f.name != "config")
+COLUMNS = tuple(f.name for f in fields(RunRow) if f.name not in ("config", "problems"))
 
 
 def _is_run_dir(d: Path) -> bool:
@@ -131,6 +136,7 @@ def _describe(row: RunRow, met: dict[str, Any], cfg: dict[str, Any]) -> None:
     """What was run: model, dataset, modalities, feature keys, protocol, selection, seeds (metrics.json first)."""
     pick = lambda key: met.get(key) if met.get(key) not in (None, [], {}) else cfg.get(key)
     row.model, row.dataset, row.protocol, row.selection = (pick(k) for k in ("model", "dataset", "protocol", "select_on"))
+    row.profile = pick("profile")
     feats = pick("features")
     mods = pick("modalities") or (list(feats) if isinstance(feats, dict) else None)  # [] in config = all there were
     row.modalities = ",".join(map(str, mods)) if isinstance(mods, list) and mods else None
@@ -170,10 +176,13 @@ def read_run(path: Path, name: str | None = None) -> RunRow:
     cfg = _read(path / "config.yaml", yaml.safe_load, notes)
     met = _read(path / "metrics.json", json.loads, notes)
     if not (path / "metrics.json").is_file():
-        notes.append("no metrics.json (training unfinished or interrupted)")
+        notes.append("incomplete: no metrics.json (training unfinished, interrupted, or a write failed)")
     row.config = cfg
     _describe(row, met, cfg)
     _score(row, met, notes)
+    row.problems = file_problems(path, met) if met else []
+    if row.problems:  # first: the scores shown may not be the ones training wrote
+        notes.insert(0, describe_problems(row.problems))
     row.note = "; ".join(notes)
     return row
 
@@ -232,7 +241,7 @@ def display_cells(r: RunRow) -> dict[str, str]:
     dash = lambda v: "-" if v is None or v == "" else str(v)
     return {
         "run": r.run, "model": dash(r.model), "dataset": dash(r.dataset), "mods": dash(r.modalities),
-        "features": dash(r.features), "protocol": dash(r.protocol),
+        "features": dash(r.features), "protocol": dash(r.protocol), "profile": dash(r.profile),
         "select": TEST_FLAG if r.selection == "test" else dash(r.selection), "seeds": dash(r.seeds),
         "dev W-F1 %": _pct(r.dev_wf1, r.dev_wf1_std, r.n_seeds), "test W-F1 %": _pct(r.test_wf1, r.test_wf1_std, r.n_seeds),
         "dev acc %": _pct(r.dev_acc, r.dev_acc_std, r.n_seeds), "test acc %": _pct(r.test_acc, r.test_acc_std, r.n_seeds),

@@ -9,7 +9,9 @@ parallel; a finished config also gets a seed-aggregate dir that `mer-pipe runs` 
     SWEEP/configs/c01-<key8>/metrics.json    mean ± std over the config's seeds (+ config.yaml, predictions.csv)
 
 A task is reused when its run dir holds a complete metrics.json, its sweep_task.json carries the same task key
-(resolved config without seeds/device + seed + feature keys) and the features it read are still those keys.
+(resolved config without seeds/device + seed + feature keys), the features it read are still those keys and its
+files match the checksums metrics.json recorded (runcheck.py). Two sweeps into one dir share work through run
+locks on the task dirs (sweepclaims.py).
 Selection: per model, the config with the highest mean selection-set (dev) weighted F1 over its seeds; ties go
 to the earlier grid point. Test is reported for the chosen config; the test scores of all configs are written
 apart, marked not for selection.
@@ -31,9 +33,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mer_pipe.common.errors import CacheError, ConfigError, DiskFullError, MerPipeError
 
+from .progress import RunTally
 from .protocols import protocol_notes
 from .runconfig import RunConfig
 from .sweepreport import config_row, format_tables, read_json, select, write_config_aggregate
+from .runcheck import file_problems
+from .sweepclaims import TaskClaims, adopted_failure, now, read_attempts, who
 from .sweepspec import Point, task_key
 
 Log = Callable[[str], None]
@@ -107,20 +112,29 @@ def run_task(task: Task) -> dict[str, Any]:
     torch.set_num_threads(task.threads)
     t0 = time.perf_counter()
     info = {"key": task.key, "host": socket.gethostname(), "pid": os.getpid(), "threads": task.threads}
+    out = Path(task.out)
+    # every training start is recorded (sweepclaims.py): a run trained once has one attempt
+    attempts = [*read_attempts(out, task.key, read_json, TASK_FILE), {"pid": info["pid"], "host": info["host"],
+                                                                       "started": now()}]
+    ident = {"key": task.key, "config_key": task.config_key, "config": task.config_id, "label": task.label,
+             "seed": task.seed, "attempts": attempts}
     try:
         device = task_device(task)
         cfg = RunConfig.from_dict({**task.config, "device": device})
-        out = Path(task.out)
-        write_json_atomic(out / TASK_FILE, {"key": task.key, "config_key": task.config_key, "config": task.config_id,
-                                            "label": task.label, "seed": task.seed})
+        write_json_atomic(out / TASK_FILE, ident)
         run_training(cfg, out=out, cache_dir=Path(task.cache_dir), overwrite=True, log=lambda s: None, progress=False)
     except DiskFullError:
         raise
     except (MerPipeError, RuntimeError, ValueError) as exc:  # RuntimeError: CUDA out of memory, NaN checks
-        return {**info, "state": "failed", "error": f"{type(exc).__name__}: {exc}"[:500],
-                "seconds": time.perf_counter() - t0}
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        attempts[-1].update(state="failed", error=error, ended=now())
+        with contextlib.suppress(OSError):
+            write_json_atomic(out / TASK_FILE, ident)
+        return {**info, "state": "failed", "error": error, "seconds": time.perf_counter() - t0}
     finally:
         torch.set_num_threads(before)
+    attempts[-1].update(state="done", ended=now())
+    write_json_atomic(out / TASK_FILE, ident)
     return {**info, "state": "done", "device": device, "seconds": time.perf_counter() - t0}
 
 
@@ -194,7 +208,9 @@ def finished(run_dir: Path, key: str, features: Mapping[str, Any]) -> bool:
     if not isinstance(ident, dict) or not isinstance(met, dict) or ident.get("key") != key or met.get("complete") is not True:
         return False
     got = met.get("features") or {}
-    return all(isinstance(got.get(m), dict) and got[m].get("key") == f["key"] for m, f in features.items())
+    if not all(isinstance(got.get(m), dict) and got[m].get("key") == f["key"] for m, f in features.items()):
+        return False
+    return not file_problems(run_dir, met)  # a corrupted or edited run is trained again, never reused
 
 
 def _find_finished(sweep_dir: Path, point: Point, ckey: str, seed: int, key: str, features) -> Path | None:
@@ -287,23 +303,50 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
         f"{n_all - len(pending)} reused, {len(pending)} to run on {executor.describe()}, {threads} torch "
         f"thread(s) per run; sweep dir {sweep_dir}")
     save("running")
-    t0, n_done = time.perf_counter(), 0
+    t0, n_done, since, claims = time.perf_counter(), 0, now(), TaskClaims()
+    tally = RunTally(len(pending), select_on)  # rate, ETA, best so far for the per-run lines (progress.py)
+
+    def record(task: Task, res: dict[str, Any], how: str = "") -> None:
+        nonlocal n_done
+        rec = by_key[task.key]
+        rec.update({k: res[k] for k in ("state", "seconds", "host", "pid", "threads") if k in res})
+        if res.get("error"):
+            rec["error"] = res["error"]
+        if rec["state"] in ("done", "reused") and not finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
+            rec.update(state="failed", error="the run finished but its features are no longer the locked keys "
+                       "(features were re-extracted during the sweep); rerun the sweep")
+        n_done += 1
+        met = read_json(sweep_dir / rec["dir"] / "metrics.json") if rec["state"] in ("done", "reused") else None
+        score = (f"{select_on} W-F1 {met['aggregate']['dev']['weighted_f1']['mean']:.4f}" if met
+                 else f"FAILED: {rec.get('error')}")
+        log(f"[{n_done}/{len(pending)}] {task.config_id} seed {task.seed} ({task.label}): {score} "
+            f"({res.get('seconds', 0):.1f}s){how}{tally.add(met['aggregate']['dev']['weighted_f1']['mean'] if met else None)}")
+        save("running")
+
+    def train_claimed(tasks: Sequence[Task]) -> None:
+        for task, res in _iter_results(executor, tasks, device):
+            record(task, res)
+            claims.release(task)
+
     try:
-        for task, res in _iter_results(executor, pending, device):
-            rec = by_key[task.key]
-            rec.update({k: res[k] for k in ("state", "seconds", "host", "pid", "threads") if k in res})
-            if res.get("error"):
-                rec["error"] = res["error"]
-            if res["state"] == "done" and not finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
-                rec.update(state="failed", error="the run finished but its features are no longer the locked keys "
-                           "(features were re-extracted during the sweep); rerun the sweep")
-            n_done += 1
-            met = read_json(sweep_dir / rec["dir"] / "metrics.json") if rec["state"] == "done" else None
-            score = (f"{select_on} W-F1 {met['aggregate']['dev']['weighted_f1']['mean']:.4f}" if met
-                     else f"FAILED: {rec.get('error')}")
-            log(f"[{n_done}/{len(pending)}] {task.config_id} seed {task.seed} ({task.label}): {score} "
-                f"({res.get('seconds', 0):.1f}s)")
-            save("running")
+        mine, theirs = claims.claim(pending)  # run locks (sweepclaims.py): another sweep's runs are waited for
+        for task in [t for t in mine if finished(Path(t.out), t.key, features[t.config_id])]:
+            mine.remove(task)  # another sweep finished it between our plan and our claim
+            record(task, {"state": "reused"}, " reused: trained by another sweep")
+            claims.release(task)
+        train_claimed(mine)
+        for task in theirs:
+            claims.wait(task, lambda owner, t=task: log(
+                f"{t.config_id} seed {t.seed}: {who(owner)} is training it (another sweep); waiting to reuse it"))
+            run_dir = Path(task.out)
+            failure = adopted_failure(read_attempts(run_dir, task.key, read_json, TASK_FILE), since)
+            if finished(run_dir, task.key, features[task.config_id]):
+                record(task, {"state": "reused"}, " reused: trained by another sweep")
+            elif failure:
+                record(task, {"state": "failed", "error": failure.get("error")}, " failed in another sweep")
+            else:  # its trainer was killed (or wrote nothing): ours to train
+                train_claimed([task])
+            claims.release(task)
     except KeyboardInterrupt:
         for task in pending:  # a run that finished its files while the interrupt landed counts as done
             rec = by_key[task.key]
@@ -313,6 +356,8 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
         kept = sum(t["state"] in ("done", "reused") for t in by_key.values())
         raise KeyboardInterrupt(f"sweep interrupted; {kept} of {n_all} runs finished and are kept in {sweep_dir}; "
                                 "rerun the same command to resume (finished runs are reused)") from None
+    finally:
+        claims.release_all()
     failed = [{"config": c["id"], **t} for c in configs for t in c["tasks"] if t["state"] == "failed"]
     state["wall_seconds"] = time.perf_counter() - t0
     save("failed" if failed else "complete")
