@@ -75,6 +75,9 @@ CASES = [
     (["prepare", "manifest", "--manifest", "{tmp}/outside.jsonl", "--root", "{tmp}/corpus", "--cache-dir", "{tmp}/c"],
      ["'u0'", "../secret.wav", "outside --root", "--allow-outside-root"]),
     (["synth", "meld", "--out", "{tmp}/s", "--dialogues", "100000000"], ["--dialogues 100000000", "at most"]),
+    # click's usage errors are one line too, naming the command whose --help lists the options
+    (["features", "--dataset", DATASET, "--cache-dir", "{cache}", "--slot", "a=zzz"], ["--slot", "'mer-pipe features --help'"]),
+    (_train("{cache}", "--slot", "t=zzz"), ["--slot t=zzz", "no lock slot 'zzz'", "lock has"]),
 ]
 
 

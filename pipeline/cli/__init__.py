@@ -113,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
               "point --cache-dir/--out elsewhere and rerun: finished work is kept", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:
-        # Usage errors from typer's bundled click (or plain click) carry their own one-line message.
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
-            exc.show()
+        # Usage errors from typer's bundled click (or plain click): one line, like every other refusal, plus the
+        # command whose --help lists the options (click's own form is a usage block over three lines).
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            ctx = getattr(exc, "ctx", None)
+            where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+            msg = " ".join(exc.format_message().split()).rstrip(".")
+            print(f"mer-pipe: error: {msg}{where}", file=sys.stderr)
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":
             _interrupted(exc)

@@ -127,6 +127,11 @@ def _lock_entry(dataset: str, m: str, slot: str, lock: dict, slots: dict[str, st
     if slot not in lock:
         have = ", ".join(f"{s}={v.get('extractor')}" for s, v in sorted(lock.items())) or "none"
         usable = ",".join(k for k, v in slots.items() if v in lock)
+        if slot != m:  # a --slot override: the slot name may be a typo, so no `features --only` that may be refused
+            raise CacheError(
+                f"--slot {m}={slot}: dataset {dataset!r} has no lock slot {slot!r} (lock has: {have}); choose one of "
+                f"those, e.g. --slot {m}={next(iter(sorted(lock)), m)}, or extract it first with "
+                f"`{features_command(dataset, None, cache_dir)} --set {slot}.extractor=NAME`")
         raise CacheError(
             f"dataset {dataset!r} has no {MODALITY_NAMES[m]} features in lock slot {slot!r} (lock has: {have}); "
             f"run `{features_command(dataset, slot, cache_dir)}` first"
