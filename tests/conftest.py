@@ -1,4 +1,5 @@
 """Shared test set-up: offline Hugging Face, one torch thread, paths to the real reference data."""
+import contextlib
 import json
 import os
 import subprocess
@@ -122,3 +123,17 @@ def run_cli(argv, capsys):
         code = e.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str):
+    """A real tmpfs of `size` at `mnt` (we are root in CI), for full-disk tests; skipped with the reason where
+    mounting is not allowed."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'mount failed'}); needs root or CAP_SYS_ADMIN")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

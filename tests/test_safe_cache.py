@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYNTH_DATASET as DATASET
+from conftest import SYNTH_DATASET as DATASET, mounted_tmpfs
 from test_faults import MER_PIPE, assert_one_line, run
 from test_finetune import FT, _plan
 
@@ -346,15 +346,8 @@ def test_export_refuses_the_cache_existing_files_and_folders(fresh_cache, tmp_pa
 # ---- 8. full disk ------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or res.returncode}); needs root")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "120k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("executor", ["serial", pytest.param("dask", marks=pytest.mark.slow)])

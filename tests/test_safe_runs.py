@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from test_faults import MER_PIPE, assert_one_line, cache, run  # noqa: F401  (cache: test_faults' module-scoped fixture)
+from conftest import mounted_tmpfs
 from test_train import DATASET
 
 from mer_pipe.pipeline.corpus.hints import check_dataset_name, prepare_command
@@ -196,16 +197,8 @@ def test_an_edited_run_file_is_found_by_evaluate_runs_and_compare(tmp_path, fini
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    """A 2 MiB tmpfs (we are root in CI); skipped with the reason where mounting is not allowed."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'mount failed'}); needs root or CAP_SYS_ADMIN")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(mnt: Path, leave: int) -> None:
