@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mer_pipe.common.errors import CacheError
+from mer_pipe.common.files import human_bytes
 
 from .store import FeatureStore, check_name, read_json
 
@@ -116,16 +117,8 @@ class CheckpointInfo:
             "base": str(m.get("base_name", "-")), "fold": f"{fold[0] + 1}/{fold[1]}" if fold else "all",
             "epochs": f"{rec.get('best_epoch', '-')}/{(m.get('config') or {}).get('epochs', '-')}",
             "dev W-F1": "-" if dev is None else f"{100 * dev:.2f}",
-            "used by": ",".join(self.used_by) or "-", "size": _human(self.bytes),
+            "used by": ",".join(self.used_by) or "-", "size": human_bytes(self.bytes),
         }
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _size(path: Path) -> tuple[int, float]:

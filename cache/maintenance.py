@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mer_pipe.common.errors import CacheError
-from mer_pipe.common.files import identity_changed
+from mer_pipe.common.files import human_bytes, identity_changed
 
 from .collect import gc as _collect, iter_feature_sets
 from .shard import read_shard
@@ -89,14 +89,6 @@ class DiskUsage:
 
 def _s(v: Any) -> str:
     return "-" if v is None else str(v)
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # unreachable
 
 
 def _tree_stats(path: Path) -> tuple[int, int, float]:

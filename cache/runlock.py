@@ -63,18 +63,6 @@ class Owner:
     def to_json(self) -> str:
         return json.dumps({"pid": self.pid, "host": self.host, "started": self.started, "argv": self.argv})
 
-    def alive(self) -> bool | None:
-        """True/False for an owner on this host; None when it ran elsewhere (cannot tell)."""
-        if self.pid is None or self.host != socket.gethostname():
-            return None
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
     def describe(self) -> str:
         who = f"pid {self.pid}" if self.pid is not None else "an unknown process"
         where = f" on {self.host}" if self.host and self.host != socket.gethostname() else ""

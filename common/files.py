@@ -137,3 +137,12 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2, sort_keys: bool = True) -> None:
     """JSON (UTF-8, non-ASCII kept) written atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (B, KiB, MiB, GiB), for sizes in listings."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable

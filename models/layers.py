@@ -143,16 +143,3 @@ class ProjectionHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         p = self.proj(x)
         return self.norm(self.drop(self.fc(nn.functional.gelu(p))) + p)
-
-
-class FusionHead(nn.Module):
-    """Concatenate per-modality vectors (dict or list, each [*, d_m]) and classify with an MLP."""
-
-    def __init__(self, in_dims: Sequence[int], hidden: Sequence[int], n_classes: int, dropout: float = 0.0,
-                 norm: str = "none", act: str = "relu"):
-        super().__init__()
-        self.mlp = MLPHead(sum(in_dims), hidden, n_classes, dropout, norm, act)
-
-    def forward(self, parts: Sequence[Tensor] | dict[str, Tensor]) -> Tensor:
-        xs = list(parts.values()) if isinstance(parts, dict) else list(parts)
-        return self.mlp(torch.cat(xs, dim=-1))

@@ -67,17 +67,6 @@ def parse_slots(modalities: Sequence[str], slot_overrides: dict[str, str] | None
     return slots
 
 
-def parse_modalities(spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    """'t,a,v' -> ('t', 'a', 'v') in canonical order; errors name the bad letter."""
-    if spec is None:
-        return MODALITIES
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    bad = [s for s in items if s not in MODALITIES]
-    if bad or not items:
-        raise ConfigError(f"--modalities {spec!r}: use a comma list of {', '.join(MODALITIES)} (text, audio, video), e.g. t,a,v")
-    return tuple(m for m in MODALITIES if m in items)
-
-
 def _polarities(utts, class_names: Sequence[str]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
     """Per-utterance polarity ([U] int, -1 unknown) and per-class polarity sets for TaskInfo."""
     pol = np.full(len(utts), -1, dtype=np.int64)
