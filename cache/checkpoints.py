@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from mer_pipe.common.errors import CacheError
 from mer_pipe.common.files import human_bytes
@@ -97,6 +98,45 @@ def _held(lock_path: Path) -> bool:
     return False
 
 
+# --- the train/dev report a checkpoint records (finetune.json "scores"; issue 19) ---------------------------
+def _f1(part: Any) -> float | None:
+    if not isinstance(part, Mapping):
+        return None
+    v = part.get("weighted_f1")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+@dataclass(frozen=True)
+class EncoderScores:
+    """One checkpoint's W-F1 (fractions): on its own training utterances, dev, and (fold encoders) held-out."""
+
+    key: str
+    fold: tuple[int, int] | None
+    train: float | None
+    dev: float | None
+    heldout: float | None
+    n_heldout: int
+    best_epoch: int | None
+    epochs: int | None
+
+    @property
+    def gap(self) -> float | None:
+        return None if self.train is None or self.dev is None else self.train - self.dev
+
+
+def scores_of(meta: Mapping[str, Any]) -> EncoderScores:
+    """The scores recorded in a finetune.json (None where a record predates them)."""
+    s = meta.get("scores") if isinstance(meta.get("scores"), Mapping) else {}
+    rec = meta.get("record") if isinstance(meta.get("record"), Mapping) else {}
+    dev = _f1(s.get("dev")) if s.get("dev") is not None else _f1({"weighted_f1": rec.get("dev_weighted_f1")})
+    held = s.get("heldout") if isinstance(s.get("heldout"), Mapping) else {}
+    fold = meta.get("fold")
+    cfg = meta.get("config") if isinstance(meta.get("config"), Mapping) else {}
+    return EncoderScores(key=str(meta.get("key", "")), fold=tuple(fold) if isinstance(fold, list) else None,
+                         train=_f1(s.get("train")), dev=dev, heldout=_f1(held), n_heldout=int(held.get("n") or 0),
+                         best_epoch=rec.get("best_epoch"), epochs=cfg.get("epochs"))
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     dataset: str
@@ -108,15 +148,19 @@ class CheckpointInfo:
     path: Path
 
     def row(self) -> dict[str, str]:
+        """One `cache ls` row: the encoder's W-F1 on its own training utterances next to dev and their gap (the
+        memorisation its features carry, issue 19), and for a cross-fit fold encoder its held-out (out-of-fold) W-F1."""
         m = self.meta
         rec = m.get("record") or {}
-        dev = rec.get("dev_weighted_f1")
+        s = scores_of(m)
         fold = m.get("fold")
+        pct = lambda v, sign="": "-" if v is None else f"{100 * v:{sign}.2f}"  # noqa: E731
         return {
             "dataset": self.dataset, "checkpoint": self.key, "slot": str(m.get("slot", "-")),
             "base": str(m.get("base_name", "-")), "fold": f"{fold[0] + 1}/{fold[1]}" if fold else "all",
             "epochs": f"{rec.get('best_epoch', '-')}/{(m.get('config') or {}).get('epochs', '-')}",
-            "dev W-F1": "-" if dev is None else f"{100 * dev:.2f}",
+            "train W-F1": pct(s.train), "dev W-F1": pct(s.dev), "gap": pct(s.gap, "+"),
+            "held-out W-F1": pct(s.heldout),
             "used by": ",".join(self.used_by) or "-", "size": human_bytes(self.bytes),
         }
 
@@ -290,6 +334,6 @@ def remove(paths: list[Path], root: Path) -> list[Path]:
     return removed
 
 
-__all__ = ["CheckpointInfo", "CheckpointProblem", "FINETUNE_DIR", "META_FILE", "TrainingLock", "checkpoint_dir",
-           "content_digest", "dependents", "gc_victims", "is_complete", "iter_checkpoints", "ls", "problem", "remove",
-           "verify", "work_dir"]
+__all__ = ["CheckpointInfo", "CheckpointProblem", "EncoderScores", "FINETUNE_DIR", "META_FILE", "TrainingLock",
+           "checkpoint_dir", "content_digest", "dependents", "gc_victims", "is_complete", "iter_checkpoints", "ls", "problem", "remove",
+           "scores_of", "verify", "work_dir"]

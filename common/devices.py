@@ -1,4 +1,10 @@
-"""The one device resolver: 'auto' -> cuda when available, else cpu; a CUDA request without a GPU is an error."""
+"""The one device resolver: 'auto' -> cuda when available, else cpu; a CUDA request without a GPU is an error.
+
+`check_device` is what every command that takes --device calls first, before any work: a wrong name or a
+CUDA request on a machine without CUDA is one ConfigError (the CLI prints it on one line, exit 2).
+`worker_device` maps a plain "cuda" to the GPU of a dask worker (one worker process per GPU, one CUDA
+context each; see pipeline/extract/executors.py).
+"""
 from __future__ import annotations
 
 from .errors import ConfigError
@@ -6,16 +12,53 @@ from .errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
+def _check_name(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+
+
 def resolve_device(device: str | None) -> str:
     device = device or "auto"
     if device == "cpu":
         return device  # no torch import: weight-free work (openSMILE) never needs it
-    if device != "auto" and device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
-        raise ConfigError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+    _check_name(device)
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: no CUDA device is visible; use --device cpu or --device auto")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                          f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}); pick one of them or --device cuda")
     return device
+
+
+def check_device(device: str | None, *, remote: bool = False) -> None:
+    """Refuse, before any work, a device this machine cannot give: a wrong name always; a CUDA request
+    without a visible GPU unless `remote` (the workers of a dask scheduler elsewhere resolve it). No torch
+    import for None, auto or cpu."""
+    if device is None or device in ("auto", "cpu"):
+        return
+    _check_name(device)
+    if not remote:
+        resolve_device(device)
+
+
+def worker_device(device: str) -> str:
+    """`device` for this process: a plain "cuda" in a dask worker named by an integer (a local cluster's
+    workers are 0..N-1) becomes cuda:<name mod visible GPUs>, so N workers on N GPUs hold one CUDA context
+    each; a worker started with CUDA_VISIBLE_DEVICES=<one GPU> sees one device and keeps cuda:0. Anything
+    else is returned unchanged."""
+    if device != "cuda":
+        return device
+    try:
+        from distributed import get_worker
+
+        index = int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        return device  # not in a dask worker, or a worker named otherwise
+    import torch
+
+    count = torch.cuda.device_count()
+    return f"cuda:{index % count}" if count > 1 else device

@@ -76,14 +76,30 @@ class Extractor:
         return self._dim
 
     def extract(self, batch: list) -> list[np.ndarray]:
-        """One float32 array per input, same order."""
-        if self.device is None:
-            raise RuntimeError(f"extractor {self.name!r}: call setup(device) before extract")
+        """One float32 array per input, same order: `forward(prepare(batch))`."""
+        self._ready("extract")
         if not batch:
             return []
-        return self._extract(list(batch))
+        return self.forward(self.prepare(list(batch)))
 
-    def _extract(self, batch: list) -> list[np.ndarray]:
+    def prepare(self, batch: list) -> Any:
+        """The CPU side of a batch (checks, resizing, tokenising, normalising; on CUDA into pinned memory,
+        `pin_for`). The feature run calls it in a decode thread while `forward` runs the previous batch
+        (pipeline/extract/overlap.py), so it must not use the model. Default: the batch as it is."""
+        self._ready("prepare")
+        return list(batch)
+
+    def forward(self, prepared: Any) -> list[np.ndarray]:
+        """The encoder on what `prepare` returned -> one float32 array per input (`_extract`)."""
+        self._ready("forward")
+        return self._extract(prepared)
+
+    def _ready(self, what: str) -> None:
+        if self.device is None:
+            raise RuntimeError(f"extractor {self.name!r}: call setup(device) before {what}")
+
+    def _extract(self, batch: Any) -> list[np.ndarray]:
+        """Subclasses: `prepare`'s output (by default the decoded inputs) -> one float32 array per input."""
         raise NotImplementedError
 
     # --- identity ----------------------------------------------------------------------------------
@@ -304,6 +320,22 @@ def autocast_context(enabled: bool, device: str):
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def pin_for(x, device: str | None):
+    """A host tensor bound for a CUDA device, in pinned (page-locked) memory, so that `to_device` copies it
+    asynchronously while the host prepares the next batch; unchanged for other devices."""
+    if device is not None and device.startswith("cuda") and x.device.type == "cpu" and not x.is_pinned():
+        return x.pin_memory()
+    return x
+
+
+def to_device(x, device: str):
+    """A host tensor on `device`: on CUDA a non-blocking copy when it is pinned (kernels queued after it on
+    the same stream wait for it; reading results back synchronises); `x` itself on CPU."""
+    if device.startswith("cuda"):
+        return x.to(device, non_blocking=x.is_pinned())
+    return x
 
 
 def to_float32(x) -> np.ndarray:

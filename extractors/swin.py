@@ -20,8 +20,8 @@ import numpy as np
 from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
-                   torch_provenance)
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, pin_for, to_device,
+                   to_float32, torch_provenance)
 
 BACKENDS = ("auto", "transformers", "timm")
 
@@ -131,9 +131,12 @@ class SwinExtractor(Extractor):
             return torch.stack([self._transform(Image.fromarray(f)) for f in frames])
         return self._processor(images=list(frames), return_tensors="pt")["pixel_values"]
 
-    def _extract(self, batch: list) -> list[np.ndarray]:
+    def prepare(self, batch: list) -> tuple[int, Any]:
+        """Checks and preprocesses the clips (a decode thread runs this ahead of the encoder):
+        (clips B, float pixels [B * F, 3, h, w], pinned on CUDA)."""
         import torch
 
+        self._ready("prepare")
         F = self.config.num_frames
         for i, frames in enumerate(batch):
             shape = getattr(frames, "shape", None)
@@ -141,17 +144,23 @@ class SwinExtractor(Extractor):
                 raise MediaError(f"swin: input {i} is {getattr(frames, 'dtype', type(frames).__name__)} {shape}; "
                                  f"expected uint8 [{F}, H, W, 3] (decode with load_frames(num_frames={F}))")
         # clips may differ in size: preprocessing resizes each frame, then all frames share forwards
-        pixels = torch.cat([self._pixels(np.asarray(f)) for f in batch])
+        return len(batch), pin_for(torch.cat([self._pixels(np.asarray(f)) for f in batch]), self.device)
+
+    def _extract(self, prepared: tuple[int, Any]) -> list[np.ndarray]:
+        import torch
+
+        F = self.config.num_frames
+        n, pixels = prepared
         feats = []
         with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
             for s in range(0, pixels.shape[0], self._FRAME_BATCH):
-                x = pixels[s:s + self._FRAME_BATCH].to(self.device)
+                x = to_device(pixels[s:s + self._FRAME_BATCH], self.device)
                 if self._backend == "timm":
                     feats.append(self._model(x).float())
                 else:
                     feats.append(self._model(pixel_values=x).pooler_output.float())
         emb = to_float32(torch.cat(feats))  # [B * F, D]
-        return [np.ascontiguousarray(emb[i * F:(i + 1) * F]) for i in range(len(batch))]
+        return [np.ascontiguousarray(emb[i * F:(i + 1) * F]) for i in range(n)]
 
     def provenance(self) -> dict[str, Any]:
         import timm

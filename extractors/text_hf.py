@@ -13,8 +13,8 @@ import numpy as np
 from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
-                   torch_provenance)
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, pin_for, to_device,
+                   to_float32, torch_provenance)
 
 POOLINGS = ("mean", "cls")
 
@@ -101,14 +101,20 @@ class TextHFExtractor(Extractor):
                                           int(cfg.num_hidden_layers) + 1)
         self._dim = int(cfg.hidden_size)
 
-    def _extract(self, batch: list) -> list[np.ndarray]:
-        import torch
-
+    def prepare(self, batch: list) -> dict[str, Any]:
+        """Checks and tokenises the texts (ahead of the encoder): padded token tensors, pinned on CUDA."""
+        self._ready("prepare")
         for i, text in enumerate(batch):
             if not isinstance(text, str):
                 raise MediaError(f"text-hf: input {i} is {type(text).__name__}, expected str (the utterance text)")
-        enc = self._tokenizer(batch, padding=True, truncation=True, max_length=self.config.max_length,
-                              return_tensors="pt").to(self.device)
+        enc = self._tokenizer(list(batch), padding=True, truncation=True, max_length=self.config.max_length,
+                              return_tensors="pt")
+        return {k: pin_for(v, self.device) for k, v in enc.items()}
+
+    def _extract(self, prepared: dict[str, Any]) -> list[np.ndarray]:
+        import torch
+
+        enc = {k: to_device(v, self.device) for k, v in prepared.items()}
         plain_last = self._layers == [int(self._model.config.num_hidden_layers)]
         with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
             out = self._model(**enc, output_hidden_states=not plain_last)

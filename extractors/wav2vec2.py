@@ -18,8 +18,8 @@ import numpy as np
 from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
 
-from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, to_float32,
-                   torch_provenance)
+from .base import (EXTRACTORS, Extractor, autocast_context, hf_load_kwargs, load_error, pin_for, to_device,
+                   to_float32, torch_provenance)
 from .text_hf import hidden_layer_range
 
 POOLINGS = ("mean", "none")
@@ -105,7 +105,10 @@ class Wav2Vec2Extractor(Extractor):
     def decode_kwargs(self) -> dict[str, Any]:
         return {"sample_rate": self.config.sample_rate}
 
-    def _extract(self, batch: list) -> list[np.ndarray]:
+    def prepare(self, batch: list) -> tuple[int, list[int], list[int], list[tuple[list[int], dict[str, Any]]]]:
+        """Checks, chunks and normalises the waveforms (ahead of the encoder): (inputs, chunk owner, chunk
+        lengths, [(chunk indices, model inputs pinned on CUDA)] per forward)."""
+        self._ready("prepare")
         sr = self.config.sample_rate
         chunk = int(round(self.config.chunk_seconds * sr))
         chunks: list[np.ndarray] = []
@@ -121,8 +124,21 @@ class Wav2Vec2Extractor(Extractor):
                     piece = np.pad(piece, (0, self._min_len - piece.size))
                 chunks.append(piece)
                 owner.append(i)
-        frames = self._encode_chunks(chunks)
-        out: list[list[np.ndarray]] = [[] for _ in batch]
+        lengths = [c.size for c in chunks]
+        groups = []
+        for group in self._groups(lengths):
+            feats = self._fe([chunks[j] for j in group], sampling_rate=sr, padding=True,
+                             return_attention_mask=self._pad_ok, return_tensors="pt")
+            inputs = {"input_values": pin_for(feats["input_values"], self.device)}
+            if self._pad_ok:
+                inputs["attention_mask"] = pin_for(feats["attention_mask"], self.device)
+            groups.append((group, inputs))
+        return len(batch), owner, lengths, groups
+
+    def _extract(self, prepared) -> list[np.ndarray]:
+        n, owner, lengths, groups = prepared
+        frames = self._encode_chunks(lengths, groups)
+        out: list[list[np.ndarray]] = [[] for _ in range(n)]
         for i, f in zip(owner, frames):
             out[i].append(f)
         result = []
@@ -146,18 +162,13 @@ class Wav2Vec2Extractor(Extractor):
             groups.append([j])
         return groups
 
-    def _encode_chunks(self, chunks: list[np.ndarray]) -> list[np.ndarray]:
-        """float32 [S_j] chunks -> float32 [T_j, D] valid frames of the selected layer(s)."""
+    def _encode_chunks(self, lengths: list[int], groups: list) -> list[np.ndarray]:
+        """Prepared chunk groups -> float32 [T_j, D] valid frames of the selected layer(s), per chunk."""
         import torch
 
-        lengths = [c.size for c in chunks]
-        result: list[np.ndarray | None] = [None] * len(chunks)
-        for group in self._groups(lengths):
-            feats = self._fe([chunks[j] for j in group], sampling_rate=self.config.sample_rate, padding=True,
-                             return_attention_mask=self._pad_ok, return_tensors="pt")
-            kwargs = {"input_values": feats["input_values"].to(self.device)}
-            if self._pad_ok:
-                kwargs["attention_mask"] = feats["attention_mask"].to(self.device)
+        result: list[np.ndarray | None] = [None] * len(lengths)
+        for group, inputs in groups:
+            kwargs = {k: to_device(v, self.device) for k, v in inputs.items()}
             with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
                 out = self._model(**kwargs, output_hidden_states=True)
             h = torch.stack([out.hidden_states[k].float() for k in self._layers]).mean(0)  # [B, T, D]

@@ -22,8 +22,10 @@ Log = Callable[[str], None]
 
 
 def prepare(recipe: str, root: str | Path | None, *, name: str | None = None, cache_dir: str | Path | None = None,
-            manifest: str | Path | None = None, probe: bool = False, allow_outside_root: bool = False) -> PrepareReport:
-    """Read a corpus into a validated manifest in the cache; the report lists what was found and what is wrong."""
+            manifest: str | Path | None = None, probe: bool = False, allow_outside_root: bool = False,
+            train_utterances: int | None = None, subset_seed: int | None = None) -> PrepareReport:
+    """Read a corpus into a validated manifest in the cache; the report lists what was found and what is wrong.
+    `train_utterances` keeps about that many training utterances in whole dialogues (seeded by `subset_seed`)."""
     from mer_pipe.common.errors import ConfigError
     from mer_pipe.pipeline.corpus.prepare import prepare as run_prepare
     from mer_pipe.pipeline.corpus.recipes import get_recipe
@@ -34,7 +36,7 @@ def prepare(recipe: str, root: str | Path | None, *, name: str | None = None, ca
     if manifest is not None and not Path(manifest).is_file():
         raise ConfigError(f"--manifest {manifest} is not a file; give the JSONL manifest (docs/contracts.md)")
     return run_prepare(rec.name, root, name=name, cache_dir=cache_dir, manifest_file=manifest, probe=probe,
-                       allow_outside_root=allow_outside_root)
+                       allow_outside_root=allow_outside_root, train_utterances=train_utterances, subset_seed=subset_seed)
 
 
 def extract(dataset: str, *, preset: str | None = None, only: str | None = None, sets: Sequence[str] = (),
@@ -42,11 +44,15 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
             device: str | None = None, strict: bool = False, cache_dir: str | Path | None = None,
             batch_size: int | None = None, shard_size: int | None = None, progress: bool = True,
             retry_failed: bool = False, hash_media: bool = False, log: Log = print,
-            verify: bool = False) -> RunSummary:
+            verify: bool = False, overlap: str | None = None, decode_threads: int | None = None,
+            batch_budget: float | None = None) -> RunSummary:
     """Extract the preset's slots (only missing shards) and lock them; see `mer-pipe features --help`.
 
     Checks the options and the prepared dataset before anything is built; slots whose modality the manifest
-    has no files for are skipped (one line each to `log`); a fine-tune DAG is shown before it runs."""
+    has no files for are skipped (one line each to `log`); a fine-tune DAG is shown before it runs.
+    `overlap` (auto | on | off), `decode_threads` and `batch_budget` say how a worker feeds its encoder
+    (pipeline/extract/overlap.py); they never change a key or a feature."""
+    from mer_pipe.common.errors import ConfigError
     from mer_pipe.pipeline.corpus.manifest import load_dataset
     from mer_pipe.pipeline.extract.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.presets import DEFAULT_PRESET, resolve_slots
@@ -55,6 +61,16 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
 
     ex_cfg = ExecutorConfig(kind=executor or ("dask" if scheduler else ExecutorConfig().kind),
                             workers=workers, scheduler=scheduler)
+    modes = {"auto": None, "on": True, "off": False, None: None}
+    if overlap not in modes:
+        raise ConfigError(f"--overlap {overlap!r}: choose auto (on CUDA, and for video on CPU when a core is idle), on or off")
+    from mer_pipe.pipeline.extract.overlap import OverlapConfig
+
+    if decode_threads is not None and decode_threads < 1:
+        raise ConfigError(f"--decode-threads {decode_threads}: give 1 or more threads per worker")
+    if batch_budget is not None and not 0 < batch_budget < float("inf"):
+        raise ConfigError(f"--batch-budget {batch_budget}: give seconds of audio / frames of video per batch, > 0")
+    feed = OverlapConfig(enabled=modes[overlap], decode_threads=decode_threads, budget=batch_budget)
     root = cache_root(cache_dir)
     _, utts = load_dataset(dataset, root)  # not prepared: say so before any checkpoint is built
     media = {"text"} | {"audio" for u in utts if u.audio} | {"video" for u in utts if u.video}
@@ -67,7 +83,7 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
         log(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size, verify=verify)))  # the DAG, and what is cached
     return extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
                             strict=strict, batch_size=batch_size, shard_size=shard_size, progress=progress,
-                            retry_failed=retry_failed, hash_media=hash_media, verify=verify)
+                            retry_failed=retry_failed, hash_media=hash_media, verify=verify, overlap=feed)
 
 
 def train_config(model: str | None = None, dataset: str | None = None, *, config_file: str | Path | None = None,

@@ -137,3 +137,44 @@ def mounted_tmpfs(mnt: Path, size: str):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def planted_dataset(cache: Path, name: str, classes, features, dialogues: int, per_dialogue: int = 6, dim: int = 16,
+                    seed: int = 0) -> Path:
+    """A prepared dataset `name` in `cache` with locked features and no media: the first half of the dialogues is
+    train, then a quarter dev, a quarter test; labels random. `features(splits, onehot, noise)` returns
+    {slot: (values [U, dim], modality)}, where `noise()` draws fresh N(0, 1) rows: tests plant a cue per split."""
+    import numpy as np
+
+    from mer_pipe.cache.store import FeatureStore
+    from mer_pipe.common.files import write_json_atomic
+    from mer_pipe.pipeline.corpus.manifest import Utterance, dataset_dir, manifest_digest, write_manifest
+    from mer_pipe.pipeline.interop.featuresets import write_set
+
+    rng = np.random.default_rng(seed)
+    utts, labels = [], []
+    for d in range(dialogues):
+        split = "train" if d < dialogues // 2 else ("dev" if d < 3 * dialogues // 4 else "test")
+        for i in range(per_dialogue):
+            y = int(rng.integers(len(classes)))
+            labels.append(y)
+            utts.append(Utterance(id=f"{split}/d{d}_u{i}", dataset=name, dialogue_id=f"d{d}", index=i, speaker=f"s{i % 2}",
+                                  speaker_idx=i % 2, text=f"utterance {d} {i}", video=None, audio=None, video_segment=None,
+                                  audio_segment=None, start=None, end=None, split=split, label=classes[y], label_id=y,
+                                  sentiment=None))
+    splits = np.array([u.split for u in utts])
+    onehot = np.eye(len(classes), dim, dtype=np.float32)[labels]
+    planted = features(splits, onehot, lambda: rng.normal(0, 1.0, (len(utts), dim)).astype(np.float32))
+    out = dataset_dir(name, cache)
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out / "manifest.jsonl", utts)
+    digest = manifest_digest(utts)
+    write_json_atomic(out / "dataset.json", {"name": name, "recipe": "manifest", "root": str(cache),
+                                             "label_names": list(classes), "manifest_digest": digest})
+    store = FeatureStore(cache)
+    ids = [u.id for u in utts]
+    for slot, (values, modality) in planted.items():
+        entry = write_set(store, name, {"layout": "test", "element": slot, "file_sha256": str(seed)}, modality, ids,
+                          values, digest)
+        store.set_lock(name, slot, entry)
+    return cache

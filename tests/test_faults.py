@@ -78,6 +78,9 @@ CASES = [
     # click's usage errors are one line too, naming the command whose --help lists the options
     (["features", "--dataset", DATASET, "--cache-dir", "{cache}", "--slot", "a=zzz"], ["--slot", "'mer-pipe features --help'"]),
     (_train("{cache}", "--slot", "t=zzz"), ["--slot t=zzz", "no lock slot 'zzz'", "lock has"]),
+    (["features", "--dataset", DATASET, "--cache-dir", "{cache}", "--overlap", "maybe"], ["--overlap 'maybe'", "auto", "off"]),
+    (["features", "--dataset", DATASET, "--cache-dir", "{cache}", "--decode-threads", "0"], ["--decode-threads 0", "1 or more"]),
+    (["features", "--dataset", DATASET, "--cache-dir", "{cache}", "--batch-budget", "-1"], ["--batch-budget -1", "> 0"]),
 ]
 
 

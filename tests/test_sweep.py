@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import planted_dataset
+
 from mer_pipe.common.errors import MerPipeError
 
 DATASET = "sweep-synth"
@@ -32,40 +34,12 @@ GRID_2x2 = ["trainer.lr=1e-3,3e-3", "model.dropout=0.1,0.3"]
 
 def make_dataset(cache: Path, dialogues: int = 40, per_dialogue: int = 6, dim: int = 16, seed: int = 0) -> Path:
     """A prepared dataset with locked `t` and `a` features (see the module docstring) in `cache`."""
-    from mer_pipe.cache.store import FeatureStore
-    from mer_pipe.common.files import write_json_atomic
-    from mer_pipe.pipeline.corpus.manifest import Utterance, dataset_dir, manifest_digest, write_manifest
-    from mer_pipe.pipeline.interop.featuresets import write_set
+    def features(splits, onehot, noise):
+        t = np.where((splits == "test")[:, None], noise(), 4.0 * onehot + noise())
+        a = np.where((splits == "dev")[:, None], 0.7 * onehot + 1.5 * noise(), 4.0 * onehot + noise())
+        return {"t": (t, "text"), "a": (a, "audio")}
 
-    rng = np.random.default_rng(seed)
-    utts, labels = [], []
-    for d in range(dialogues):
-        split = "train" if d < dialogues // 2 else ("dev" if d < 3 * dialogues // 4 else "test")
-        for i in range(per_dialogue):
-            y = int(rng.integers(len(CLASSES)))
-            labels.append(y)
-            utts.append(Utterance(id=f"{split}/d{d}_u{i}", dataset=DATASET, dialogue_id=f"d{d}", index=i, speaker=f"s{i % 2}",
-                                  speaker_idx=i % 2, text=f"utterance {d} {i}", video=None, audio=None, video_segment=None,
-                                  audio_segment=None, start=None, end=None, split=split, label=CLASSES[y], label_id=y,
-                                  sentiment=None))
-    splits = np.array([u.split for u in utts])
-    onehot = np.eye(len(CLASSES), dim, dtype=np.float32)[labels]
-    noise = lambda: rng.normal(0, 1.0, (len(utts), dim)).astype(np.float32)  # noqa: E731
-    t = np.where((splits == "test")[:, None], noise(), 4.0 * onehot + noise())
-    a = np.where((splits == "dev")[:, None], 0.7 * onehot + 1.5 * noise(), 4.0 * onehot + noise())
-    out = dataset_dir(DATASET, cache)
-    out.mkdir(parents=True, exist_ok=True)
-    write_manifest(out / "manifest.jsonl", utts)
-    digest = manifest_digest(utts)
-    write_json_atomic(out / "dataset.json", {"name": DATASET, "recipe": "manifest", "root": str(cache),
-                                             "label_names": list(CLASSES), "manifest_digest": digest})
-    store = FeatureStore(cache)
-    ids = [u.id for u in utts]
-    for slot, values, modality in (("t", t, "text"), ("a", a, "audio")):
-        entry = write_set(store, DATASET, {"layout": "test", "element": slot, "file_sha256": str(seed)}, modality, ids,
-                          values, digest)
-        store.set_lock(DATASET, slot, entry)
-    return cache
+    return planted_dataset(cache, DATASET, CLASSES, features, dialogues, per_dialogue, dim, seed)
 
 
 @pytest.fixture

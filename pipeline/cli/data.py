@@ -48,12 +48,19 @@ def prepare(
     probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help="Accept manifest media paths that leave --root (.. or absolute paths elsewhere).")] = False,
     layout: Annotated[Optional[str], typer.Option(help="pickle only: mmgcn-iemocap, mmgcn-meld, dialoguernn-meld, cosmic-iemocap or cosmic-meld (default: detected).")] = None,
+    train_utterances: Annotated[Optional[int], typer.Option("--train-utterances", help="Keep about N training utterances,"
+        " in whole dialogues chosen with --subset-seed (dev and test untouched; recorded in dataset.json), e.g. --name"
+        " meld-5k --train-utterances 5000.")] = None,
+    subset_seed: Annotated[Optional[int], typer.Option("--subset-seed", help="Seed of the training subset (default 0).")] = None,
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
     if name is not None:  # every recipe: refused before any work
         from mer_pipe.pipeline.corpus.hints import check_dataset_name
 
         check_dataset_name(name)
+    if (train_utterances is not None or subset_seed is not None) and recipe in ("pickle", "parquet"):
+        raise ConfigError(f"--train-utterances / --subset-seed work with the corpus recipes (meld, iemocap, manifest), "
+                          f"not {recipe}; drop them")
     if recipe == "pickle":  # a feature pickle: manifest plus locked feature sets (pipeline/interop)
         from .interop import prepare_pickle
 
@@ -71,7 +78,7 @@ def prepare(
     if recipe is None:
         raise ConfigError(f"mer-pipe prepare needs a RECIPE; choose one of: {', '.join(RECIPES.names())}")
     report = run_prepare(recipe, root, name=name, cache_dir=cache_dir, manifest=manifest, probe=probe,
-                         allow_outside_root=allow_outside_root)
+                         allow_outside_root=allow_outside_root, train_utterances=train_utterances, subset_seed=subset_seed)
     import json
 
     info = json.loads((dataset_dir(report.name, cache_dir) / "dataset.json").read_text(encoding="utf-8"))

@@ -40,18 +40,40 @@ def features(
     hash_media: Annotated[bool, typer.Option("--hash-media", help="Record a sha256 of each failed utterance's media file (default: size and mtime), for `cache verify`.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Checksum every present shard and fine-tuned checkpoint again, even"
         " unchanged ones (bit rot), and recompute what fails.")] = False,
+    overlap: Annotated[Optional[str], typer.Option("--overlap", help="Decode the next batches while the encoder runs: auto"
+        " (default: on CUDA, and for video on CPU when a core is idle), on or off. Same features either way.")] = None,
+    decode_threads: Annotated[Optional[int], typer.Option("--decode-threads", help="Threads decoding media per worker"
+        " (default: 1 on CPU; on CUDA the worker's cores less one, at most 8).")] = None,
+    batch_budget: Annotated[Optional[float], typer.Option("--batch-budget", help="Form batches by seconds of audio or"
+        " frames of video instead of --batch-size rows (text keeps rows).")] = None,
 ) -> None:
     """Extract features for a prepared dataset into the cache (only missing shards) and lock the slots."""
+    from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
+
+    check_device(device, remote=scheduler is not None)  # --device cuda without a GPU: one line, before any work
 
     summary = api.extract(dataset, preset=preset, only=only, sets=set_ or (), executor=executor, workers=workers,
                           scheduler=scheduler, device=device, strict=strict, cache_dir=cache_dir, batch_size=batch_size,
                           shard_size=shard_size, progress=not no_progress, retry_failed=retry_failed,
-                          hash_media=hash_media, log=typer.echo, verify=verify)
+                          hash_media=hash_media, log=typer.echo, verify=verify, overlap=overlap,
+                          decode_threads=decode_threads, batch_budget=batch_budget)
     typer.echo(summary.format())
     for warning in summary.warnings():
         typer.echo(f"mer-pipe: warning: {warning}", err=True)
+    _finetune_gaps(dataset, [sl for st in summary.stages.values() for sl in st.slots], cache_dir)
     summary.check()  # every utterance of a slot failed: exit 2 (shards kept)
+
+
+def _finetune_gaps(dataset: str, slots: Sequence[str], cache_dir: Path | None) -> None:
+    """Per fine-tuned slot: its encoder's W-F1 on the training rows next to dev (the memorisation gap; issue 19),
+    and the leak warning when the gap is large (pipeline/corpus/leak.py)."""
+    from mer_pipe.pipeline.corpus.leak import describe, leaks, slot_reports, warning
+
+    for sf in slot_reports(dataset, slots, cache_dir):
+        typer.echo(describe(sf))
+        if leaks(sf):
+            typer.echo(warning(sf), err=True)
 
 
 cache_app = typer.Typer(help="Inspect and maintain the feature cache.", no_args_is_help=True,

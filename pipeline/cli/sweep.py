@@ -24,7 +24,9 @@ def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", help=CONFIG_HELP)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Fixed override for every run, model.KEY=VALUE or trainer.KEY=VALUE (repeatable; a grid point wins).")] = None,
     modalities: Annotated[Optional[str], typer.Option(help="Comma list of t,a,v (default: every modality with usable features).")] = None,
-    select_on: Annotated[Optional[str], typer.Option("--select-on", help="Choose configs and epochs on dev (default) or test (flagged in every output).")] = None,
+    select_on: Annotated[Optional[str], typer.Option("--select-on", help="Choose configs and epochs on dev (default) or test (flagged in every output); cvK (e.g. cv5):"
+        " configs chosen by K-fold cross-validation over the training dialogues (dev and test labels unread; each run"
+        " still picks its epoch on dev).")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="standard (default) or kfold10-utterance.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs per run (default: the model's trainer default).")] = None,
     profile: Annotated[Optional[str], typer.Option(help="Trainer defaults: dev (default) or paper.")] = None,
@@ -40,10 +42,12 @@ def sweep(
 ) -> None:
     """Train a grid of configs x seeds on an executor (serial, local dask cluster, or --scheduler); choose per model on
     dev; resume by rerunning the same command. Writes sweep.json, sweep.md and one run dir per (config, seed)."""
+    from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
 
     from .train import check_comma_list, parse_slot_overrides
 
+    check_device(device, remote=scheduler is not None)  # a --config file's device: api.sweep checks it
     check_comma_list(seeds, "--seeds", "0,1,2")
     check_comma_list(modalities, "--modalities", "t,a,v")
     res = api.sweep(model, dataset, grid=grid or (), config_file=config, sets=set_ or (), modalities=modalities,

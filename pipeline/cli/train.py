@@ -30,9 +30,12 @@ def train(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (one line per finished seed).")] = False,
 ) -> None:
     """Train a model on cached features; writes config.yaml, metrics.json, predictions.csv, plots and checkpoint.pt."""
+    from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
     from mer_pipe.pipeline.train.runconfig import config_yaml
 
+    if not print_config:  # a config may be printed here for a GPU machine elsewhere
+        check_device(device)  # --device cuda without a GPU: one line, before any work
     check_comma_list(seeds, "--seeds", "0,1,2")
     check_comma_list(modalities, "--modalities", "t,a,v")
     cfg = api.train_config(model, dataset, config_file=config, sets=set_ or (), modalities=modalities, seeds=seeds,
@@ -41,6 +44,7 @@ def train(
     if print_config:
         typer.echo(config_yaml(cfg), nl=False)
         return
+    check_device(cfg.device)  # the device a --config file names
     api.train(config=cfg, out=out, cache_dir=cache_dir, overwrite=overwrite, log=typer.echo, progress=not no_progress)
 
 
@@ -72,8 +76,11 @@ def evaluate(
 ) -> None:
     """Reload a run's checkpoint and features, re-score its test set and check the stored metrics are reproduced.
     Exit code 1 when they are not."""
+    from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
     from mer_pipe.pipeline.train.report import format_mean_std
+
+    check_device(device)
 
     res = api.evaluate(run_dir, cache_dir=cache_dir, device=device, log=typer.echo)
     a = res["aggregate"]["test"]
@@ -96,6 +103,9 @@ def demo(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu (default) or cuda.")] = None,
 ) -> None:
     """The whole pipeline offline in a few minutes: synthetic MELD-like corpus -> features -> train -> metrics."""
+    from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
+
+    check_device(device)  # before the corpus is synthesised
 
     api.demo(out if out is not None else Path("demo"), log=typer.echo, device=device or "cpu")

@@ -38,6 +38,7 @@ class PrepareReport:
     skipped_dialogues: list[dict[str, str]] = field(default_factory=list)  # {dialogue_id, reason}
     notes: list[str] = field(default_factory=list)
     probed: bool = False
+    subset: dict[str, Any] | None = None  # `--train-utterances N --subset-seed S` (subset.py): request and result
     n_utterances: int = 0
     n_dialogues: int = 0
 
@@ -112,16 +113,23 @@ def prepare(
     manifest_file: str | Path | None = None,
     probe: bool = False,
     allow_outside_root: bool = False,
+    train_utterances: int | None = None,
+    subset_seed: int | None = None,
 ) -> PrepareReport:
     """Run recipe `recipe` on corpus `root` and write `<cache>/<name>/{manifest.jsonl,dataset.json,prepare_report.json}`.
 
     `name` defaults to the recipe name; `manifest_file` is the user JSONL for the `manifest` recipe;
     `probe` decodes every media file to report undecodable, truncated or audio-less clips.
     Media paths must stay inside `root` (no `..`, no absolute paths elsewhere) unless `allow_outside_root`.
+    `train_utterances` keeps about that many training utterances in whole dialogues, chosen with `subset_seed`
+    (default 0; subset.py), dev and test untouched; the request and the result go to dataset.json and the report.
     """
     from .recipes import get_recipe
 
     rec = get_recipe(recipe)
+    if subset_seed is not None and train_utterances is None:
+        raise ConfigError("--subset-seed needs --train-utterances N (the size of the training subset), e.g. "
+                          "--train-utterances 5000 --subset-seed 0")
     name = check_dataset_name(name or rec.name)  # the feature store's dataset-name rule, plus a length limit
     if root is None:
         if manifest_file is None:
@@ -135,6 +143,11 @@ def prepare(
     if not utts:
         raise ConfigError(f"recipe {rec.name!r} found no utterances under {root}; expected {rec.layout}")
     validate_utterances(utts, f"recipe {rec.name}")  # a recipe bug must not reach the cache
+    if train_utterances is not None:  # whole training dialogues, seeded; dev and test untouched
+        from .subset import subset_note, subset_train
+
+        utts, report.subset = subset_train(utts, train_utterances, 0 if subset_seed is None else subset_seed)
+        report.notes.append(subset_note(report.subset))
     if not allow_outside_root:
         _check_inside(root, utts)
     report.count(utts)
@@ -144,7 +157,7 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     write_manifest(out / "manifest.jsonl", utts)
     info = {"name": name, "recipe": rec.name, "root": str(root), "label_names": label_names,
-            "manifest_digest": manifest_digest(utts)}
+            "manifest_digest": manifest_digest(utts), **({"subset": report.subset} if report.subset else {})}
     _write_json(out / "dataset.json", info)
     _write_json(out / "prepare_report.json", report.to_dict())
     return report

@@ -6,6 +6,11 @@ match bit for bit); `dask` runs them on a local process cluster, or on an existi
 address (many machines sharing one filesystem). Tasks carry paths, names, config dicts and ids only,
 so nothing heavy is pickled; each worker process loads its extractor once (see `features.py`).
 
+Devices: on CUDA the local cluster runs one worker process per visible GPU (each holds one CUDA context
+and its encoders; `common.devices.worker_device` gives worker i the GPU i, and decoding runs in threads
+inside the worker, pipeline/extract/overlap.py). With --scheduler, start one `dask worker --nworkers 1` per
+GPU with CUDA_VISIBLE_DEVICES set to that GPU (or integer --name 0..N-1 on one machine).
+
 A task that raises stops the run: the remaining tasks are cancelled, completed shards stay on disk
 (they are written atomically), and the next run resubmits only what is missing.
 """
@@ -311,14 +316,36 @@ def _describe(task: Any) -> str:
     return f"shard {path}" if path else repr(task)[:200]
 
 
-def make_executor(config: ExecutorConfig) -> Executor:
-    """Build the executor `config` names (starts a local cluster for `dask` without a scheduler)."""
+def local_gpus(device: str | None) -> int:
+    """GPUs a local run on `device` uses: 0 for cpu (and for auto on a machine without an NVIDIA driver,
+    found without importing torch), 1 for cuda:N, every visible one for cuda (and auto with CUDA)."""
+    import os
+
+    if device is None or device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl")):
+        return 0
+    if device.startswith("cuda:"):
+        return 1
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def make_executor(config: ExecutorConfig, device: str | None = None) -> Executor:
+    """Build the executor `config` names (starts a local cluster for `dask` without a scheduler). On CUDA
+    the local cluster has one worker per GPU (fewer when --workers says so), never more: a second worker on
+    a GPU would hold a second CUDA context and a second copy of every encoder."""
     if config.kind == "serial":
         return SerialExecutor()
     if config.scheduler:
         return DaskExecutor(workers=config.workers, scheduler=config.scheduler)
+    workers, gpus = config.workers, local_gpus(device)
+    if gpus:
+        if workers is not None and workers > gpus:
+            print(f"mer-pipe: --workers {workers} capped at {gpus} on --device {device}: one worker process per GPU "
+                  "(decoding runs in threads inside it)", file=sys.stderr)
+        workers = min(workers or gpus, gpus)
     try:
-        return DaskExecutor(workers=config.workers)
+        return DaskExecutor(workers=workers)
     except (OSError, TimeoutError, RuntimeError) as exc:
         # Results never depend on the executor (serial is the reference), so a local cluster that
         # cannot start is not worth failing a run for; say so and carry on in-process.

@@ -13,7 +13,8 @@ emotion labels instead of the frozen base:
   else. The extraction key is known before the checkpoint exists; planning never trains.
 * **Checkpoint** `<root>/<dataset>/finetune/<key>/` (cache/checkpoints.py) appears by one rename when
   training has finished; a killed fine-tune leaves only `.work-<key>/`, which a rerun resumes (after the
-  last finished epoch) and extraction never reads.
+  last finished epoch) and extraction never reads. Its finetune.json holds the kept encoder's W-F1 on train next
+  to dev (and held-out dialogues for a fold) and the dialogues it trained on: finetune_scores.py (issue 19).
 * **Cross-fitting** (`crossfit=N`): the training dialogues are dealt into N folds (seeded); fold k's
   encoder trains on the other folds (its own cached stage) and extracts fold k's training utterances;
   dev/test (and the model the encoder's own dev score describes) come from the encoder trained on all of
@@ -38,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mer_pipe.common.errors import CacheError, ConfigError, MediaError
 
+from .finetune_progress import StepBar as _StepBar, quiet_transformers as _quiet_transformers
 from .presets import SlotSpec
 
 STAGE = "finetune"
@@ -268,6 +270,8 @@ def run_finetune_task(task: FinetuneTask, log: Log = _stderr) -> dict[str, Any]:
     from mer_pipe.extractors.finetune import BEST_DIR, FinetuneConfig, finetune, set_threads_once
     from mer_pipe.pipeline.corpus.manifest import load_dataset
 
+    from .finetune_scores import encoder_scores, scores_line
+
     st = task.stage
     store = FeatureStore(task.root)
     final = checkpoint_dir(store, st.dataset, st.key)
@@ -302,13 +306,17 @@ def run_finetune_task(task: FinetuneTask, log: Log = _stderr) -> dict[str, Any]:
         finally:
             bar.close()
         best = work / BEST_DIR
+        held = lambda ids: _data(dataclasses.replace(st, train_ids=tuple(ids), dev_ids=()), cfg, utts, by_id, info)[0]  # noqa: E731
+        scores, dialogues = encoder_scores(st, train, held, utts, best, record, cfg, device)  # train/dev report
+        log(f"{prefix}: {scores_line(scores)}")
         meta = {
             "complete": True, "key": st.key, "stage": STAGE, "version": VERSION, "dataset": st.dataset,
             "slot": st.slot, "extractor": st.extractor, "modality": st.modality, "base": st.base_identity,
             "base_name": st.base_name, "config": st.config, "fold": list(st.fold) if st.fold else None,
             "labels_digest": st.labels_digest, "manifest_digest": st.manifest_digest,
             "label_names": list(info.get("label_names") or []), "n_train": len(train.inputs),
-            "n_dev": len(dev.inputs), "skipped_media": skipped, "record": record, "device": device,
+            "n_dev": len(dev.inputs), "skipped_media": skipped, "record": record, "scores": scores,
+            "dialogues": dialogues, "device": device,
             "wall_seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "content_sha256": content_digest(best),
@@ -355,35 +363,6 @@ def _data(st: FinetuneStage, cfg: Any, utts: Sequence[Any], by_id: Mapping[str, 
         return data
 
     return make_audio(st.train_ids), make_audio(st.dev_ids), skipped
-
-
-def _quiet_transformers() -> None:
-    # "Loading weights" / "Writing model shards" bars would shred the fine-tune's own progress lines
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-class _StepBar:
-    def __init__(self, desc: str, epochs: int, enabled: bool) -> None:
-        self._bar, self._desc, self._epochs, self._enabled, self._epoch = None, desc, epochs, enabled, 0
-
-    def step(self, i: int, n: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None or i == 1:
-            self.close()
-            from mer_pipe.common.progress import progress_bar  # a bar on a terminal, else plain lines
-
-            self._epoch += 1
-            self._bar = progress_bar(n, unit="step", desc=f"{self._desc} ep {self._epoch}/{self._epochs}",
-                                     dynamic_ncols=True, smoothing=0.1)
-        self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def needed_stages(plan: Any) -> list[FinetuneStage]:

@@ -1,12 +1,14 @@
 """The feature run: plan -> executor -> one shard per task -> lock the slots that completed.
 
-A task (`run_shard`) decodes the media of its utterances, runs the extractor in batches and writes
-one shard atomically. Media failures become per-utterance rows with a reason (or, with `strict`,
-stop the run naming the utterance, file and reason). The extractor is built once per worker process
-and reused across tasks (keyed by name, resolved config and device).
+A task (`run_shard`) decodes the media of its utterances, runs the extractor in batches (decoding the
+next batches while the encoder runs, where that pays: overlap.py) and writes one shard atomically. Media
+failures become per-utterance rows with a reason (or, with `strict`, stop the run naming the utterance,
+file and reason). The extractor is built once per worker process and reused across tasks (keyed by
+name, resolved config and device).
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -17,11 +19,11 @@ from typing import Any, Callable, Sequence
 from mer_pipe.common.errors import CacheError, MediaError, ModelLoadError
 
 from .executors import ExecutorConfig, make_executor
+from .overlap import Feed, OverlapConfig, decide, decode_item, for_workers, forward_batch, media_cost
 from .plan import Plan, ShardTask, Stage, make_plan, with_run_settings
 from .presets import SlotSpec
 from .progress import Progress, RunSummary, StageSummary, reason_category
 
-DEVICES = ("auto", "cpu", "cuda")
 Log = Callable[[str], None]
 
 # Per worker process: extractors already set up, keyed by (name, canonical config, device).
@@ -45,19 +47,22 @@ class ShardResult:
     forward_s: float
     total_s: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    wait_s: float = 0.0  # the encoder waiting for decoded batches (overlap.py); large: decode-bound
 
 
 def _extractor(task: ShardTask):
     """The set-up extractor for `task`, built at most once per process."""
     from mer_pipe.cache.keys import canonical_json
+    from mer_pipe.common.devices import worker_device
     from mer_pipe.extractors import build_extractor
 
-    ident = (task.extractor, canonical_json(task.config), task.device)
+    device = worker_device(task.device)  # a dask worker per GPU: "cuda" -> that worker's GPU
+    ident = (task.extractor, canonical_json(task.config), device)
     ext = _LOADED.get(ident)
     if ext is None:
         _quiet_transformers()
         ext = build_extractor(task.extractor, dict(task.config))
-        ext.setup(task.device)
+        ext.setup(device)
         _LOADED[ident] = ext
     return ext
 
@@ -83,18 +88,6 @@ def _set_threads(n: int | None) -> None:
     _THREADS_SET = True
 
 
-def _decode(modality: str, item: dict[str, Any], kwargs: dict[str, Any]) -> Any:
-    if modality == "text":
-        return item["text"]
-    if item["path"] is None:
-        raise MediaError(f"manifest row has no {modality} file (it was missing from the corpus when prepared)")
-    from mer_pipe.extractors.media import load_audio, load_frames
-
-    if modality == "audio":
-        return load_audio(item["path"], segment=item["segment"], **kwargs)
-    return load_frames(item["path"], segment=item["segment"], **kwargs)
-
-
 def _strict_error(task: ShardTask, uid: str, exc: MediaError) -> MediaError:
     return MediaError(
         f"utterance {uid!r} ({task.modality}, {task.extractor}): {exc} [--strict stops at the first media failure; "
@@ -107,22 +100,6 @@ def _layout(arrays: list[Any]) -> str:
     if not ok or ok[0].ndim == 1:
         return "pooled"
     return "sequence" if len({a.shape[0] for a in ok}) == 1 else "ragged"
-
-
-def _forward(ext: Any, idx: list[int], inputs: list[Any], fail: Any) -> list[Any]:
-    """Batched forward; when the batch raises MediaError, retry one by one so a single bad input (say,
-    audio too short for the model) does not sink its batch-mates."""
-    try:
-        return ext.extract(inputs)
-    except MediaError:
-        outs: list[Any] = []
-        for i, x in zip(idx, inputs):
-            try:
-                outs.append(ext.extract([x])[0])
-            except MediaError as exc:
-                fail(i, exc)
-                outs.append(None)
-        return outs
 
 
 def _media_identity(task: ShardTask, i: int) -> dict[str, Any] | None:
@@ -172,8 +149,11 @@ def _work_order(task: ShardTask, ids: list[str]) -> list[int]:
     return order
 
 
-def run_shard(task: ShardTask) -> ShardResult:
-    """Decode -> batched forward -> write one shard. Runs in a worker (or in-process for `serial`)."""
+def run_shard(task: ShardTask, overlap: OverlapConfig | None = None) -> ShardResult:
+    """Decode -> batched forward -> write one shard. Runs in a worker (or in-process for `serial`).
+    overlap: how decoding feeds the encoder (default: the next batches are decoded while the encoder runs
+    where that pays, overlap.py `for_workers`; `overlap.SERIAL`: in turn). Features are the same either way
+    (tests/test_overlap.py)."""
     from mer_pipe.cache.shard import basic_provenance, write_shard
 
     t_start = time.perf_counter()
@@ -183,7 +163,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     ids = [it["id"] for it in task.items]
     arrays, reasons, media = _kept_rows(task, ids)  # a retry keeps the shard's other rows
     new_failures: dict[str, str] = {}
-    decode_s = forward_s = 0.0
+    forward_s = 0.0
 
     def fail(i: int, exc: MediaError) -> None:
         if task.strict:
@@ -193,30 +173,20 @@ def run_shard(task: ShardTask) -> ShardResult:
         if ident is not None:
             media[ids[i]] = ident
 
-    def decode(lo: int) -> tuple[list[int], list[Any], list[tuple[int, MediaError]], float]:
-        t0 = time.perf_counter()
-        idx, inputs, failed = [], [], []
-        for i in order[lo:lo + task.batch_size]:
-            try:
-                inputs.append(_decode(task.modality, task.items[i], kwargs))
-                idx.append(i)
-            except MediaError as exc:
-                failed.append((i, exc))
-        return idx, inputs, failed, time.perf_counter() - t0
-
     order = _work_order(task, ids)
-    # One batch at a time: 256 decoded video clips would not fit in memory. (Decoding the next batch in a
-    # helper thread while the model runs measured no gain here and made timings erratic under contention.)
-    for lo in range(0, len(order), task.batch_size):
-        batch_idx, batch_in, failed, dt = decode(lo)
-        decode_s += dt
-        for i, exc in failed:
-            fail(i, exc)
-        t1 = time.perf_counter()
-        if batch_in:
-            for i, out in zip(batch_idx, _forward(ext, batch_idx, batch_in, fail)):
-                arrays[i] = out
-        forward_s += time.perf_counter() - t1
+    cost = None if task.modality == "text" else (lambda x: media_cost(task.modality, x, kwargs))
+    # undecided settings (a direct call; the driver's for_workers leaves `enabled` open on CPU): this process
+    overlap = decide(for_workers(overlap or OverlapConfig(), ext.device, 1, task.torch_threads), task.modality)
+    with Feed(order, lambda i: decode_item(task.modality, task.items[i], kwargs), ext.prepare,
+              batch_size=task.batch_size, config=overlap, cost=cost) as feed:
+        for batch in feed:  # bounded: at most `prefetch` decoded batches wait (256 video clips would not fit)
+            for i, exc in batch.failed:
+                fail(i, exc)
+            t1 = time.perf_counter()
+            if batch.idx:
+                for i, out in zip(batch.idx, forward_batch(ext, batch, fail)):
+                    arrays[i] = out
+            forward_s += time.perf_counter() - t1
 
     prov = {**basic_provenance(), **ext.provenance(), "pid": os.getpid()}
     attrs = {**task.attrs, "provenance": prov}
@@ -224,8 +194,8 @@ def run_shard(task: ShardTask) -> ShardResult:
     return ShardResult(
         key=task.key, index=task.index, n=len(order), n_ok=len(order) - len(new_failures),
         failures=tuple((uid, new_failures[uid]) for uid in ids if uid in new_failures),
-        bytes=Path(path).stat().st_size, dim=int(ext.dim), layout=_layout(arrays),
-        decode_s=decode_s, forward_s=forward_s, total_s=time.perf_counter() - t_start, provenance=prov,
+        bytes=Path(path).stat().st_size, dim=int(ext.dim), layout=_layout(arrays), decode_s=feed.decode_s,
+        forward_s=forward_s, total_s=time.perf_counter() - t_start, provenance=prov, wait_s=feed.wait_s,
     )
 
 
@@ -336,6 +306,7 @@ def extract_features(
     hash_media: bool = False,
     log: Log | None = None,
     verify: bool = False,
+    overlap: OverlapConfig | None = None,
 ) -> RunSummary:
     """Make every slot's feature set complete and lock it; returns the run summary.
 
@@ -344,15 +315,17 @@ def extract_features(
     run on the same cache waits, then computes only what is still missing. `retry_failed` re-extracts
     the utterances that shards recorded as failed (only those shards); `hash_media` adds the media
     file's sha256 to new failure records. `verify` checksums every present shard and fine-tuned checkpoint
-    again (bit rot keeps size and mtime). `log` gets one-line notices (default: stderr).
+    again (bit rot keeps size and mtime). `log` gets one-line notices (default: stderr). `overlap`: how each
+    worker feeds its encoder (overlap.py; default: decoding ahead in a thread on CUDA, and on CPU for video
+    when a core is idle; `overlap.SERIAL` turns it off; it never changes a feature).
     """
+    from mer_pipe.common.devices import check_device
     from mer_pipe.common.errors import ConfigError
 
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ConfigError(f"--device {device!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+    executor = executor or ExecutorConfig()
+    check_device(device, remote=executor.scheduler is not None)  # no GPU for --device cuda: now, before any work
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be >= 1")
-    executor = executor or ExecutorConfig()
     log = log or _stderr
     t0 = time.perf_counter()
 
@@ -367,14 +340,14 @@ def extract_features(
             plan = planned()
         _announce(plan, log)
         return _run_plan(plan, locks, executor=executor, device=device, strict=strict, batch_size=batch_size,
-                         progress=progress, hash_media=hash_media, t0=t0)
+                         progress=progress, hash_media=hash_media, t0=t0, overlap=overlap or OverlapConfig())
     finally:
         for lock in locks.values():
             lock.release()
 
 
 def _run_plan(plan: Plan, locks: dict[str, Any], *, executor: ExecutorConfig, device: str, strict: bool,
-              batch_size: int | None, progress: bool, hash_media: bool, t0: float) -> RunSummary:
+              batch_size: int | None, progress: bool, hash_media: bool, t0: float, overlap: OverlapConfig) -> RunSummary:
     """Submit the plan's tasks, finish (and unlock) each stage as its last shard lands."""
     from .finetune import assemble_crossfit, run_finetunes  # the fine-tune stages first (finetune.py)
 
@@ -399,14 +372,15 @@ def _run_plan(plan: Plan, locks: dict[str, Any], *, executor: ExecutorConfig, de
 
     tasks = plan.tasks
     if tasks:
-        with make_executor(executor) as ex:
+        with make_executor(executor, device=device) as ex:  # on CUDA: one local worker per GPU (executors.py)
             summary.executor = ex.describe()
             threads = 1 if ex.isolated else None
             tasks = [with_run_settings(t, device=device, strict=strict, torch_threads=threads,
                                        batch_size=batch_size, hash_media=hash_media or None) for t in tasks]
             bar = Progress(total=sum(t.n for t in tasks), enabled=progress)
+            task_fn = functools.partial(run_shard, overlap=for_workers(overlap, device, ex.n_workers, threads))
             try:
-                for task, result in ex.run(run_shard, tasks):
+                for task, result in ex.run(task_fn, tasks):
                     st = summary.stages[task.key]
                     st.add(result)
                     bar.update(result.n, result.n - result.n_ok)

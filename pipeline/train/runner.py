@@ -100,6 +100,10 @@ def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool 
 
     check_out_dir(out, overwrite)
     cfg = resolve_modalities(cfg, cache_dir, log)
+    from mer_pipe.pipeline.corpus.leak import leak_warnings  # memorised fine-tuned features (issue 19)
+
+    for line in leak_warnings(cfg.dataset, [cfg.slots.get(m, m) for m in cfg.modalities], cache_dir):
+        log(line)
     device = resolve_device(cfg.device)
     corpus = load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots)
     folds = make_folds(corpus, cfg.protocol, cfg.select_on, cfg.trainer.unit)  # refuses empty splits up front

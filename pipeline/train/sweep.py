@@ -13,8 +13,9 @@ A task is reused when its run dir holds a complete metrics.json, its sweep_task.
 files match the checksums metrics.json recorded (runcheck.py). Two sweeps into one dir share work through run
 locks on the task dirs (sweepclaims.py).
 Selection: per model, the config with the highest mean selection-set (dev) weighted F1 over its seeds; ties go
-to the earlier grid point. Test is reported for the chosen config; the test scores of all configs are written
-apart, marked not for selection.
+to the earlier grid point; `--select-on cvK` chooses on K folds of the training dialogues instead (cvselect.py, cv.json
+per run dir). Test is reported for the chosen config; the test scores of all configs are written apart, marked not
+for selection.
 
 Tasks go through an executor (pipeline/extract/executors.py, handed in by pipeline/api.py): serial, a local
 dask cluster, or a scheduler. Each task pins torch to `threads` threads; on a local GPU cluster each worker
@@ -33,6 +34,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from mer_pipe.common.errors import CacheError, ConfigError, DiskFullError, MerPipeError
 
+from mer_pipe.pipeline.corpus.leak import leak_warnings
+
+from .cvselect import write_cv
 from .progress import RunTally
 from .protocols import protocol_notes
 from .runconfig import RunConfig
@@ -62,6 +66,7 @@ class Task:
     threads: int
     gpus: int = 0  # > 1: local cluster with one worker per GPU; the worker's index picks its GPU
     device: str = "auto"
+    cv_folds: int = 0  # --select-on cvK: after the standard run, K fits on folds of the training dialogues
 
 
 @dataclass
@@ -122,7 +127,11 @@ def run_task(task: Task) -> dict[str, Any]:
         device = task_device(task)
         cfg = RunConfig.from_dict({**task.config, "device": device})
         write_json_atomic(out / TASK_FILE, ident)
-        run_training(cfg, out=out, cache_dir=Path(task.cache_dir), overwrite=True, log=lambda s: None, progress=False)
+        if not (task.cv_folds and standard_done(out, task.key)):  # a dev sweep's finished run gains its CV only
+            run_training(cfg, out=out, cache_dir=Path(task.cache_dir), overwrite=True, log=lambda s: None,
+                         progress=False)
+        if task.cv_folds:  # then K fits on folds of the training dialogues: out/cv.json (cvselect.py)
+            write_cv(out, task.key, cfg, task.cv_folds, Path(task.cache_dir), device)
     except DiskFullError:
         raise
     except (MerPipeError, RuntimeError, ValueError) as exc:  # RuntimeError: CUDA out of memory, NaN checks
@@ -202,22 +211,31 @@ def _seed_dir(sweep_dir: Path, point: Point, ckey: str, seed: int) -> Path:
     return sweep_dir / "configs" / f"{point.id}-{ckey[:8]}" / f"seed-{seed}"
 
 
-def finished(run_dir: Path, key: str, features: Mapping[str, Any]) -> bool:
-    """A complete run of exactly this task (same key, same feature keys) is in run_dir."""
+def standard_done(run_dir: Path, key: str) -> bool:
+    """The standard run of this task (same key: same config and feature keys) is complete and unmodified."""
     ident, met = read_json(run_dir / TASK_FILE), read_json(run_dir / "metrics.json")
-    if not isinstance(ident, dict) or not isinstance(met, dict) or ident.get("key") != key or met.get("complete") is not True:
+    return (isinstance(ident, dict) and isinstance(met, dict) and ident.get("key") == key
+            and met.get("complete") is True and not file_problems(run_dir, met))
+
+
+def finished(run_dir: Path, key: str, features: Mapping[str, Any], cv_folds: int = 0) -> bool:
+    """A complete run of exactly this task (same key, same feature keys) is in run_dir, with its K-fold CV record
+    (cv.json) when the sweep selects on cvK. A corrupted or edited run is trained again, never reused."""
+    cv = read_json(run_dir / "cv.json") if cv_folds else {"task_key": key, "folds": 0}
+    if not isinstance(cv, dict) or cv.get("task_key") != key or cv.get("folds") != cv_folds:
         return False
-    got = met.get("features") or {}
+    met = read_json(run_dir / "metrics.json")
+    got = (met.get("features") if isinstance(met, dict) else None) or {}
     if not all(isinstance(got.get(m), dict) and got[m].get("key") == f["key"] for m, f in features.items()):
         return False
-    return not file_problems(run_dir, met)  # a corrupted or edited run is trained again, never reused
+    return standard_done(run_dir, key)
 
 
 def _find_finished(sweep_dir: Path, point: Point, ckey: str, seed: int, key: str, features) -> Path | None:
     """The run dir of this task if some earlier sweep in this dir finished it (grid order may have changed)."""
     here = _seed_dir(sweep_dir, point, ckey, seed)
     for d in [here, *sorted((sweep_dir / "configs").glob(f"*-{ckey[:8]}/seed-{seed}"))]:
-        if finished(d, key, features):
+        if finished(d, key, features, point.cv_folds):
             return d
     return None
 
@@ -240,7 +258,7 @@ def plan_tasks(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]
             if not done:
                 cfg = RunConfig.from_dict({**p.config.to_dict(), "seeds": [seed]}).to_dict()
                 pending.append(Task(p.id, p.label, seed, key, ckey, cfg, str(run_dir), str(cache_dir), threads,
-                                    gpus, device))
+                                    gpus, device, p.cv_folds))
         configs.append(entry)
     return configs, pending
 
@@ -272,21 +290,31 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
     """Run the missing tasks of a sweep on `executor` and write sweep.json after every finished task."""
     from mer_pipe.common.files import write_json_atomic, write_text_atomic
 
-    select_on = points[0].config.select_on
-    notes = protocol_notes(points[0].config.protocol, select_on)
+    cv_folds, dataset = points[0].cv_folds, points[0].config.dataset
+    select_on = f"cv{cv_folds}" if cv_folds else points[0].config.select_on
+    slots = [p.config.slots.get(m, m) for p in points for m in p.config.modalities]
+    notes = protocol_notes(points[0].config.protocol, points[0].config.select_on)
+    if cv_folds:  # too few training dialogues: refused before anything is written; notes on CV-optimistic slots
+        from .cvselect import cv_notes
+
+        notes = [*notes, *cv_notes(dataset, cv_folds, slots, cache_dir)]
+    for line in leak_warnings(dataset, slots, cache_dir):  # memorised fine-tuned features (issue 19)
+        log(line)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     configs, pending = plan_tasks(points, features, sweep_dir, cache_dir, threads=threads, gpus=gpus, device=device)
     n_all = sum(len(c["tasks"]) for c in configs)
     by_key = {t["key"]: t for c in configs for t in c["tasks"]}
     cfg_of = {p.id: p.config for p in points}
     state: dict[str, Any] = {
-        "format": FORMAT, "definition": dict(definition), "notes": notes, "executor": executor.describe(),
+        "format": FORMAT, "definition": {**definition, "select_on": select_on}, "notes": notes, "executor": executor.describe(),
         "threads_per_run": threads, "started": datetime.datetime.now().isoformat(timespec="seconds"),
         "status": "running", "counts": {}, "configs": configs, "configs_table": [], "selection": {},
     }
 
     def save(status: str) -> None:
         rows = [config_row(sweep_dir, c) for c in configs]
+        if cv_folds:  # what dev would choose, for comparison (sweep.md; the benchmark's agreement column)
+            state["dev_selection"] = select(rows, "dev")
         state.update(status=status, configs_table=rows, selection=select(rows, select_on),
                      counts={s: sum(t["state"] == s for t in by_key.values())
                              for s in ("reused", "done", "failed", "pending")},
@@ -312,15 +340,17 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
         rec.update({k: res[k] for k in ("state", "seconds", "host", "pid", "threads") if k in res})
         if res.get("error"):
             rec["error"] = res["error"]
-        if rec["state"] in ("done", "reused") and not finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
+        if rec["state"] in ("done", "reused") and not finished(sweep_dir / rec["dir"], task.key,
+                                                              features[task.config_id], task.cv_folds):
             rec.update(state="failed", error="the run finished but its features are no longer the locked keys "
                        "(features were re-extracted during the sweep); rerun the sweep")
         n_done += 1
         met = read_json(sweep_dir / rec["dir"] / "metrics.json") if rec["state"] in ("done", "reused") else None
-        score = (f"{select_on} W-F1 {met['aggregate']['dev']['weighted_f1']['mean']:.4f}" if met
-                 else f"FAILED: {rec.get('error')}")
+        cv = read_json(sweep_dir / rec["dir"] / "cv.json") if met and cv_folds else None
+        value = (cv["weighted_f1"]["mean"] if cv else met["aggregate"]["dev"]["weighted_f1"]["mean"]) if met else None
+        score = f"{select_on} W-F1 {value:.4f}" if met else f"FAILED: {rec.get('error')}"
         log(f"[{n_done}/{len(pending)}] {task.config_id} seed {task.seed} ({task.label}): {score} "
-            f"({res.get('seconds', 0):.1f}s){how}{tally.add(met['aggregate']['dev']['weighted_f1']['mean'] if met else None)}")
+            f"({res.get('seconds', 0):.1f}s){how}{tally.add(value)}")
         save("running")
 
     def train_claimed(tasks: Sequence[Task]) -> None:
@@ -330,7 +360,7 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
 
     try:
         mine, theirs = claims.claim(pending)  # run locks (sweepclaims.py): another sweep's runs are waited for
-        for task in [t for t in mine if finished(Path(t.out), t.key, features[t.config_id])]:
+        for task in [t for t in mine if finished(Path(t.out), t.key, features[t.config_id], t.cv_folds)]:
             mine.remove(task)  # another sweep finished it between our plan and our claim
             record(task, {"state": "reused"}, " reused: trained by another sweep")
             claims.release(task)
@@ -340,7 +370,7 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
                 f"{t.config_id} seed {t.seed}: {who(owner)} is training it (another sweep); waiting to reuse it"))
             run_dir = Path(task.out)
             failure = adopted_failure(read_attempts(run_dir, task.key, read_json, TASK_FILE), since)
-            if finished(run_dir, task.key, features[task.config_id]):
+            if finished(run_dir, task.key, features[task.config_id], task.cv_folds):
                 record(task, {"state": "reused"}, " reused: trained by another sweep")
             elif failure:
                 record(task, {"state": "failed", "error": failure.get("error")}, " failed in another sweep")
@@ -350,7 +380,8 @@ def run_sweep(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]]
     except KeyboardInterrupt:
         for task in pending:  # a run that finished its files while the interrupt landed counts as done
             rec = by_key[task.key]
-            if rec["state"] == "pending" and finished(sweep_dir / rec["dir"], task.key, features[task.config_id]):
+            if rec["state"] == "pending" and finished(sweep_dir / rec["dir"], task.key, features[task.config_id],
+                                                      task.cv_folds):
                 rec["state"] = "done"
         save("interrupted")
         kept = sum(t["state"] in ("done", "reused") for t in by_key.values())

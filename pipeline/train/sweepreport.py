@@ -47,22 +47,49 @@ def config_row(sweep_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
         for k in SCALARS:
             row[f"{name}_{k}"] = _agg([m["aggregate"][part][k]["mean"] for m in mets]) if mets else None
     row["seconds"] = float(sum(r.get("seconds", 0.0) for m in mets for r in m.get("runs", [])))
+    cvs = _seed_cv(sweep_dir, entry)
+    row["cv_weighted_f1"] = _agg([c["weighted_f1"]["mean"] for c in cvs]) if cvs and len(cvs) == len(mets) else None
+    row["cv_seconds"] = float(sum(c.get("seconds", 0.0) for c in cvs))
     return row
+
+
+def _seed_cv(sweep_dir: Path, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cv.json of every finished seed of a config that has one (--select-on cvK; cvselect.py)."""
+    out = []
+    for t in entry["tasks"]:
+        if t["state"] in ("done", "reused"):
+            rec = read_json(sweep_dir / t["dir"] / "cv.json")
+            if isinstance(rec, dict) and rec.get("task_key") == t["key"]:
+                out.append(rec)
+    return out
+
+
+def score_key(select_on: str) -> str:
+    """The config_row field a selection reads: the selection set's (dev / test) or the CV score."""
+    return "cv_weighted_f1" if select_on.startswith("cv") else "sel_weighted_f1"
+
+
+def selection_metric(select_on: str) -> str:
+    if select_on.startswith("cv"):
+        return (f"mean held-out weighted F1 over {select_on[2:]} folds of the training dialogues (dev and test "
+                "unread), mean over seeds")
+    return f"mean {select_on} weighted F1 over seeds"
 
 
 def select(rows: Sequence[Mapping[str, Any]], select_on: str) -> dict[str, Any]:
     """Per model: the complete config with the best mean selection-set W-F1 (ties: earlier grid point)."""
+    key = score_key(select_on)
     by_model: dict[str, Any] = {}
     for model in dict.fromkeys(r["model"] for r in rows):
-        cands = [r for r in rows if r["model"] == model and r["complete"] and r["sel_weighted_f1"] is not None]
+        cands = [r for r in rows if r["model"] == model and r["complete"] and r.get(key) is not None]
         if not cands:
             by_model[model] = None
             continue
-        best = max(cands, key=lambda r: (r["sel_weighted_f1"]["mean"], -rows.index(r)))
+        best = max(cands, key=lambda r: (r[key]["mean"], -rows.index(r)))
         by_model[model] = {"config": best["config"], "label": best["label"], "dir": best["dir"],
-                           "selection_weighted_f1": best["sel_weighted_f1"],
+                           "selection_weighted_f1": best[key],
                            "test": {k: best[f"test_{k}"] for k in SCALARS}}
-    return {"on": select_on, "metric": f"mean {select_on} weighted F1 over seeds", "tie_break": "earlier grid point",
+    return {"on": select_on, "metric": selection_metric(select_on), "tie_break": "earlier grid point",
             "by_model": by_model}
 
 
@@ -112,16 +139,21 @@ def _pct(a: Mapping[str, float] | None) -> str:
 def format_tables(state: Mapping[str, Any]) -> str:
     """The selection table (selection set only), the choice with its test score, then the separate test table."""
     sel_on = state["selection"]["on"]
+    cv = sel_on.startswith("cv")
     rows = state["configs_table"]
     chosen = {v["config"] for v in state["selection"]["by_model"].values() if v}
     w = max([len(r["label"]) for r in rows] + [6])
-    lines = [*state.get("notes", []),
-             f"selection on {sel_on}: mean {sel_on} W-F1 over seeds (%), per config; * = chosen per model",
-             f"  {'config':7} {'model':12} {'grid point':{w}}  {sel_on + ' W-F1':>15}  seeds"]
+    head = (f"selection on {sel_on}: mean held-out W-F1 over {sel_on[2:]} folds of the training dialogues (%), per "
+            "config; dev W-F1 beside it for comparison, not used" if cv else
+            f"selection on {sel_on}: mean {sel_on} W-F1 over seeds (%), per config")
+    lines = [*state.get("notes", []), f"{head}; * = chosen per model",
+             f"  {'config':7} {'model':12} {'grid point':{w}}  {sel_on + ' W-F1':>15}  "
+             + (f"{'dev W-F1':>15}  " if cv else "") + "seeds"]
     for r in rows:
         mark = "*" if r["config"] in chosen else " "
-        lines.append(f"{mark} {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['sel_weighted_f1']):>15}  "
-                     f"{r['seeds_done']}/{r['seeds']}")
+        dev = f"{_pct(r['sel_weighted_f1']):>15}  " if cv else ""
+        lines.append(f"{mark} {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r[score_key(sel_on)]):>15}  "
+                     f"{dev}{r['seeds_done']}/{r['seeds']}")
     lines.append("")
     for model, v in state["selection"]["by_model"].items():
         if v is None:
@@ -131,6 +163,10 @@ def format_tables(state: Mapping[str, Any]) -> str:
         lines.append(f"chosen for {model}: {v['config']} ({v['label']}): {sel_on} W-F1 "
                      f"{_pct(v['selection_weighted_f1'])}; test W-F1 {_pct(t['weighted_f1'])}, "
                      f"acc {_pct(t['accuracy'])}, macro-F1 {_pct(t['macro_f1'])}  [{v['dir']}]")
+        other = ((state.get("dev_selection") or {}).get("by_model") or {}).get(model)
+        if cv and other:
+            lines.append(f"  (dev would have chosen {other['config']} ({other['label']}): dev W-F1 "
+                         f"{_pct(other['selection_weighted_f1'])})")
     lines += ["", NOT_FOR_SELECTION, f"  {'config':7} {'model':12} {'grid point':{w}}  {'test W-F1':>15}  {'test acc':>15}"]
     for r in rows:
         lines.append(f"  {r['config']:7} {r['model']:12} {r['label']:{w}}  {_pct(r['test_weighted_f1']):>15}  "

@@ -12,6 +12,7 @@ type is one ConfigError naming the point, before any run starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -26,6 +27,7 @@ from mer_pipe.common.errors import ConfigError
 from .runconfig import RUN_KEYS, RunConfig, read_yaml_mapping, resolve_run_config
 
 GRID_RUN_KEYS = ("model", "modalities")
+GRID_SLOT_KEYS = ("slots.t", "slots.a", "slots.v")  # which lock slot feeds a modality: "which feature set"
 SWEEP_FILE_KEYS = (*RUN_KEYS, "grid", "set", "epochs")
 GRID_EXAMPLE = "--grid model.d=128,256 --grid trainer.lr=1e-4,5e-4"
 
@@ -39,6 +41,7 @@ class Point:
     label: str
     values: dict[str, Any]
     config: RunConfig
+    cv_folds: int = 0  # --select-on cvK: K folds of the training dialogues choose (cvselect.py); 0 = select_on
 
     def key(self, features: Mapping[str, Any]) -> str:
         """Identity of the resolved config + feature keys (not seeds, not device): first 16 hex of sha256."""
@@ -79,11 +82,12 @@ def check_grid_key(key: str, where: str) -> str:
     parts = key.split(".")
     if any(not p for p in parts) or not key:
         raise ConfigError(f"{where}: {key!r} is not a key; write KEY=V1,V2, e.g. {GRID_EXAMPLE}")
-    if key in GRID_RUN_KEYS or (parts[0] in ("model", "trainer") and len(parts) > 1):
+    if key in GRID_RUN_KEYS or key in GRID_SLOT_KEYS or (parts[0] in ("model", "trainer") and len(parts) > 1):
         return key
     raise ConfigError(f"{where}: grid key {key!r} is not sweepable; use model.KEY or trainer.KEY (e.g. "
-                      f"model.d, trainer.lr), 'model' (model names) or 'modalities' (t, t+a); other run settings "
-                      f"(seeds, select_on, ...) are sweep options")
+                      f"model.d, trainer.lr), 'model' (model names), 'modalities' (t, t+a) or slots.t (lock slots, "
+                      f"e.g. slots.t=t,t_ft: which feature set); other run settings (seeds, select_on, ...) are sweep "
+                      f"options")
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
@@ -190,6 +194,8 @@ def resolve_point(spec: SweepSpec, values: Mapping[str, Any], where: str) -> Run
             flags["model"] = str(v)
         elif key == "modalities":
             flags["modalities"] = _modalities_value(v, where)
+        elif key in GRID_SLOT_KEYS:
+            flags["slots"] = {**(flags.get("slots") or {}), key.split(".", 1)[1]: str(v)}
         else:
             sets.append(f"{key}={json.dumps(v)}")
     try:
@@ -199,7 +205,21 @@ def resolve_point(spec: SweepSpec, values: Mapping[str, Any], where: str) -> Run
 
 
 def expand(spec: SweepSpec) -> list[Point]:
-    """Every grid point resolved and validated (none trains before all are); duplicates are refused."""
+    """Every grid point resolved and validated (none trains before all are); duplicates are refused.
+    `--select-on cvK` is a sweep option: its points' runs select epochs on dev as usual, and K folds of the
+    training dialogues choose between configs (Point.cv_folds)."""
+    from .cvselect import parse_select_on
+
+    flags, base = dict(spec.flags), dict(spec.base)
+    where = flags if flags.get("select_on") is not None else base  # the flag beats the sweep YAML
+    cv_folds = parse_select_on(where["select_on"])[1] if isinstance(where.get("select_on"), str) else 0
+    if cv_folds:  # the runs themselves select epochs on dev
+        flags.pop("select_on", None)
+        base.pop("select_on", None)
+    spec = dataclasses.replace(spec, flags=flags, base=base)
+    if cv_folds and (spec.flags.get("protocol") or spec.base.get("protocol") or "standard") != "standard":
+        raise ConfigError(f"--select-on cv{cv_folds} cuts folds of the standard split's training dialogues; drop "
+                          "--protocol or use --select-on dev")
     points: list[Point] = []
     seen: dict[str, str] = {}
     for values in _points(spec.grid):
@@ -210,7 +230,7 @@ def expand(spec: SweepSpec) -> list[Point]:
             raise ConfigError(f"grid point {label} resolves to the same config as {seen[ident]}; drop one of them "
                               "(a value equal to the default counts as the default)")
         seen[ident] = label
-        points.append(Point(f"c{len(points):02d}", label, dict(values), cfg))
+        points.append(Point(f"c{len(points):02d}", label, dict(values), cfg, cv_folds))
     return points
 
 
