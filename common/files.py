@@ -65,6 +65,15 @@ def remove_dead_temps(path: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_identity(path: str | os.PathLike[str], *, content_hash: bool = False) -> dict[str, Any]:
     """{"path", "exists", "size", "mtime_ns"} of a file (plus "sha256" when asked): what a failure
     record keeps so a later check can tell whether the file changed since."""
@@ -75,12 +84,8 @@ def file_identity(path: str | os.PathLike[str], *, content_hash: bool = False) -
         return {"path": str(path), "exists": False}
     ident: dict[str, Any] = {"path": str(path), "exists": True, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if content_hash and path.is_file():
-        h = hashlib.sha256()
         try:
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            ident["sha256"] = h.hexdigest()
+            ident["sha256"] = sha256_file(path)
         except OSError:
             pass
     return ident

@@ -95,12 +95,6 @@ def _store(cache_dir: Path | None, dataset: str | None = None):
     return store
 
 
-def _cd(cache_dir: Path | None) -> str:
-    import shlex
-
-    return "" if cache_dir is None else f" --cache-dir {shlex.quote(str(cache_dir))}"
-
-
 def format_table(rows: Sequence[dict[str, Any]], empty: str = "(nothing)") -> str:
     """Left-aligned columns from a list of ordered dicts with the same keys."""
     if not rows:

@@ -23,9 +23,7 @@ def prepare_pickle(root: Path | None, name: str | None = None, cache_dir: Path |
                           f"{', '.join(LAYOUTS)} (e.g. IEMOCAP_features.pkl)")
     res = import_pickle(root, name=name, cache_dir=cache_dir, layout=layout)
     src = res.info["source"]
-    lines = [ln for ln in res.report.summary(res.info["label_names"]).splitlines()
-             if not ln.startswith("  media were not decoded")]  # a pickle has no media to probe
-    typer.echo("\n".join(lines))
+    typer.echo(res.report.summary(res.info["label_names"]))
     typer.echo(f"  layout {src['layout']} (sha256 {src['sha256'][:12]})")
     for slot, e in res.slots.items():
         typer.echo(f"  slot {slot:5s} <- {e['element']:16s} dim {e['dim']:5d}  key {e['key']}")
@@ -83,9 +81,7 @@ def prepare_parquet(root: Path | None, name: str | None = None, cache_dir: Path 
         raise ConfigError("mer-pipe prepare parquet needs --root FILE_OR_DIR: a file written by "
                           "`mer-pipe cache export --format parquet` (or a folder holding it, e.g. a Hub snapshot)")
     res = import_parquet(root, name=name, cache_dir=cache_dir)
-    lines = [ln for ln in res.report.summary(res.info["label_names"]).splitlines()
-             if not ln.startswith("  media were not decoded")]  # the export carries no media
-    typer.echo("\n".join(lines))
+    typer.echo(res.report.summary(res.info["label_names"]))
     typer.echo(f"  source {res.info['source']['file']} (sha256 {res.info['source']['sha256'][:12]}), exported from "
                f"dataset {res.info['source']['exported_dataset']!r}")
     for slot, e in res.slots.items():

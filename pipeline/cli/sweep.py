@@ -45,11 +45,9 @@ def sweep(
     from mer_pipe.common.devices import check_device
     from mer_pipe.pipeline import api
 
-    from .train import check_comma_list, parse_slot_overrides
+    from .train import parse_slot_overrides
 
     check_device(device, remote=scheduler is not None)  # a --config file's device: api.sweep checks it
-    check_comma_list(seeds, "--seeds", "0,1,2")
-    check_comma_list(modalities, "--modalities", "t,a,v")
     res = api.sweep(model, dataset, grid=grid or (), config_file=config, sets=set_ or (), modalities=modalities,
                     seeds=seeds, epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,
                     slots=parse_slot_overrides(slot), out=out, cache_dir=cache_dir, executor=executor, workers=workers,

@@ -34,27 +34,14 @@ def train(
     from mer_pipe.pipeline import api
     from mer_pipe.pipeline.train.runconfig import config_yaml
 
-    if not print_config:  # a config may be printed here for a GPU machine elsewhere
-        check_device(device)  # --device cuda without a GPU: one line, before any work
-    check_comma_list(seeds, "--seeds", "0,1,2")
-    check_comma_list(modalities, "--modalities", "t,a,v")
     cfg = api.train_config(model, dataset, config_file=config, sets=set_ or (), modalities=modalities, seeds=seeds,
                            epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,
                            slots=parse_slot_overrides(slot))
     if print_config:
         typer.echo(config_yaml(cfg), nl=False)
         return
-    check_device(cfg.device)  # the device a --config file names
+    check_device(cfg.device)  # --device (or the --config file's) without a GPU: one line, before any work
     api.train(config=cfg, out=out, cache_dir=cache_dir, overwrite=overwrite, log=typer.echo, progress=not no_progress)
-
-
-def check_comma_list(value: str | None, flag: str, example: str) -> str | None:
-    """Refuse an empty item (`--seeds 1,,2`, a trailing comma): a typo that would silently drop a value."""
-    from mer_pipe.common.errors import ConfigError
-
-    if value is not None and any(not part.strip() for part in value.split(",")):
-        raise ConfigError(f"{flag} {value!r} has an empty item; write a comma list without gaps, e.g. {flag} {example}")
-    return value
 
 
 def parse_slot_overrides(items: list[str] | None) -> dict[str, str]:

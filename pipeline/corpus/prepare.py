@@ -100,7 +100,7 @@ class PrepareReport:
         item("skipped dialogues", self.skipped_dialogues, lambda x: f"{x['dialogue_id']} ({x['reason']})")
         for n in self.notes:
             lines.append(f"  note: {n}")
-        if not self.probed and self.recipe != "manifest":
+        if not self.probed and self.recipe not in ("manifest", "pickle", "parquet"):  # imports carry no media
             lines.append("  media were not decoded; add --probe to find undecodable or truncated clips")
         return "\n".join(lines)
 

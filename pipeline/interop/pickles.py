@@ -12,7 +12,6 @@ that read our exports run on NumPy 1.x.
 from __future__ import annotations
 
 import _compat_pickle
-import hashlib
 import importlib
 import os
 import pickle
@@ -22,9 +21,8 @@ from typing import Any
 
 import numpy as np
 from mer_pipe.common.errors import ManifestError
-from mer_pipe.common.files import atomic_path
+from mer_pipe.common.files import atomic_path, sha256_file
 
-_CHUNK = 1 << 20
 _BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "bytearray", "bytes", "complex")
 # (module, name) -> where to find it: a numpy submodule tried as numpy._core.X then numpy.core.X
 _NUMPY_CORE = {
@@ -86,14 +84,6 @@ class SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         raise ManifestError(f"{self.source}: refused to load: persistent id {pid!r} (not a plain feature file)")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_pickle(path: str | os.PathLike[str]) -> tuple[Any, str]:

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mer_pipe.common.modalities import MODALITIES
-
-NAMES = {"t": "text", "a": "audio", "v": "video"}
+from mer_pipe.common.modalities import MODALITIES, MODALITY_NAMES as NAMES
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from mer_pipe.common.errors import CacheError
 
 from .metrics import aggregate
 from .protocols import RunRecord
+from .runcheck import FIGURES
 
 CHECKPOINT_FORMAT = 1
 SCALARS = ("accuracy", "weighted_f1", "macro_f1")
-FIGURES = ("confusion.png", "per_class_f1.png", "curves.png")
 
 
 def _seed_summary(records: Sequence[RunRecord], part: str) -> dict[str, float]:
@@ -101,6 +101,7 @@ def write_run(run_dir: Path, cfg, records: Sequence[RunRecord], corpus, *, notes
     write_predictions(buf, records, corpus.ids, corpus.class_names, cfg.select_on)
     predictions = buf.getvalue()
     texts = {"config.yaml": config_text, "predictions.csv": predictions}
+    text_shas = {n: sha256_bytes(t.encode("utf-8")) for n, t in texts.items()}  # the bytes write_text_atomic writes
     blob = io.BytesIO()  # serialised in memory: torch's zip writer turns ENOSPC into a bare RuntimeError
     torch.save({
         "format": CHECKPOINT_FORMAT, "model": cfg.model, "model_config": cfg.model_config.to_dict(),
@@ -112,15 +113,16 @@ def write_run(run_dir: Path, cfg, records: Sequence[RunRecord], corpus, *, notes
                   "feature_stats": r.result.stats,
                   "test": {k: r.result.test[k] for k in SCALARS}} for r in records],
         "record": {"metrics": plain_metrics(metrics), "predictions_csv": predictions,
-                   FILES_KEY: {n: sha256_bytes(t.encode("utf-8")) for n, t in texts.items()}},
+                   FILES_KEY: text_shas},
     }, blob)
     with atomic_path(run_dir / "checkpoint.pt") as tmp:
         tmp.write_bytes(blob.getbuffer())
     for name, text in texts.items():
         write_text_atomic(run_dir / name, text)
     write_figures(run_dir, cfg, records, metrics, corpus.class_names)
-    names = ["checkpoint.pt", *texts, *(p for p in FIGURES if (run_dir / p).is_file())]
-    final = {**metrics, FILES_KEY: {n: sha256_file(run_dir / n) for n in names}}
+    shas = {"checkpoint.pt": sha256_bytes(blob.getbuffer()), **text_shas}  # hashed in memory, as written
+    shas.update((p, sha256_file(run_dir / p)) for p in FIGURES if (run_dir / p).is_file())
+    final = {**metrics, FILES_KEY: shas}
     final[DIGEST_KEY] = metrics_digest(final)
     write_json_atomic(run_dir / "metrics.json", final, sort_keys=False)  # last: the run is complete only now
     return metrics

@@ -25,21 +25,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+from mer_pipe.common.files import sha256_file
+
 FILES_KEY = "files"
 DIGEST_KEY = "digest"
-CHECKED = ("config.yaml", "predictions.csv", "checkpoint.pt", "confusion.png", "per_class_f1.png", "curves.png")
+FIGURES = ("confusion.png", "per_class_f1.png", "curves.png")
+CHECKED = ("config.yaml", "predictions.csv", "checkpoint.pt", *FIGURES)
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def metrics_digest(metrics: dict[str, Any]) -> str:

@@ -66,11 +66,14 @@ class RunConfig(Config):
 
 
 def parse_list(spec: str | Sequence[Any] | None, what: str, example: str) -> list[str] | None:
-    """'0,1,2' or [0, 1, 2] -> ['0', '1', '2'] (typed later by RunConfig); None stays None."""
+    """'0,1,2' or [0, 1, 2] -> ['0', '1', '2'] (typed later by RunConfig); None stays None. An empty item
+    ('1,,2', a trailing comma) is refused: a typo that would silently drop a value."""
     if spec is None:
         return None
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    items = [str(s).strip() for s in items if str(s).strip()]
+    items = [str(s).strip() for s in (spec.split(",") if isinstance(spec, str) else list(spec))]
+    if any(not s for s in items) and any(items):
+        raise ConfigError(f"--{what} {spec!r} has an empty item; write a comma list without gaps, e.g. --{what} {example}")
+    items = [s for s in items if s]
     if not items:
         raise ConfigError(f"--{what} {spec!r}: give a comma list, e.g. --{what} {example}")
     return items
