@@ -76,14 +76,10 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
     media = {"text"} | {"audio" for u in utts if u.audio} | {"video" for u in utts if u.video}
     slots = resolve_slots(preset or DEFAULT_PRESET, only, sets, cache_root=root, media=media, on_skip=log)
     check_weights(slots)  # every slot's weights found on this machine, before any cluster or worker starts
-    if any(s.finetune is not None for s in slots):
-        from mer_pipe.pipeline.extract.finetune import format_plan
-        from mer_pipe.pipeline.extract.plan import make_plan
-
-        log(format_plan(make_plan(dataset, slots, cache_dir=root, shard_size=shard_size, verify=verify)))  # the DAG, and what is cached
     return extract_features(dataset, slots, cache_dir=root, executor=ex_cfg, device=device or "auto",
                             strict=strict, batch_size=batch_size, shard_size=shard_size, progress=progress,
-                            retry_failed=retry_failed, hash_media=hash_media, verify=verify, overlap=feed)
+                            retry_failed=retry_failed, hash_media=hash_media, verify=verify, overlap=feed,
+                            show_plan=log)  # a fine-tune DAG is shown before it runs
 
 
 def train_config(model: str | None = None, dataset: str | None = None, *, config_file: str | Path | None = None,

@@ -3,9 +3,7 @@
 A task (`run_shard`) decodes the media of its utterances, runs the extractor in batches (decoding the
 next batches while the encoder runs, where that pays: overlap.py) and writes one shard atomically. Media
 failures become per-utterance rows with a reason (or, with `strict`, stop the run naming the utterance,
-file and reason). The extractor is built once per worker process and reused across tasks (keyed by
-name, resolved config and device).
-"""
+file and reason). The extractor is built once per worker process and reused (keyed by name, config, device)."""
 from __future__ import annotations
 
 import functools
@@ -307,6 +305,7 @@ def extract_features(
     log: Log | None = None,
     verify: bool = False,
     overlap: OverlapConfig | None = None,
+    show_plan: Log | None = None,
 ) -> RunSummary:
     """Make every slot's feature set complete and lock it; returns the run summary.
 
@@ -317,8 +316,8 @@ def extract_features(
     file's sha256 to new failure records. `verify` checksums every present shard and fine-tuned checkpoint
     again (bit rot keeps size and mtime). `log` gets one-line notices (default: stderr). `overlap`: how each
     worker feeds its encoder (overlap.py; default: decoding ahead in a thread on CUDA, and on CPU for video
-    when a core is idle; `overlap.SERIAL` turns it off; it never changes a feature).
-    """
+    when a core is idle; `overlap.SERIAL` turns it off; it never changes a feature). `show_plan`: gets the
+    fine-tune DAG of the plan this run executes (finetune.format_plan), when a slot is fine-tuned."""
     from mer_pipe.common.devices import check_device
     from mer_pipe.common.errors import ConfigError
 
@@ -334,6 +333,9 @@ def extract_features(
                          verify=verify)
 
     plan = planned()
+    if show_plan is not None and plan.finetunes:  # the DAG and what is cached, from this one plan
+        from .finetune import format_plan
+        show_plan(format_plan(plan))
     locks, stale = _claim_stages(plan, log)
     try:
         if stale:  # another run finished (some of) our work while we waited: look again
