@@ -163,7 +163,7 @@ def temp_victims(store: FeatureStore, grace_s: float, now: float, skip: set[Path
         if here in skip:
             dirnames[:] = []
             continue
-        for name in [*names, *dirnames]:
+        for name in names:  # temp files only (folders never pass is_file)
             p = here / name
             if not is_temp(name) or p.is_symlink() or not p.is_file():
                 continue

@@ -33,9 +33,9 @@ from mer_pipe.common.errors import ConfigError, MediaError
 
 from .base import hf_load_kwargs, load_error
 from .finetune_batches import _autocast, _batches, _collate
-from .finetune_files import BEST_DIR, HEAD_FILE, STATE_FILE, fresh_work_dir, load_head, load_state, save_encoder, save_state
+from .finetune_files import (BEST_DIR, HEAD_FILE, MODALITIES, STATE_FILE, fresh_work_dir, load_head, load_state,
+                             save_encoder, save_state)
 
-MODALITIES = ("text", "audio")
 # fields that change how the encoder is trained, not which one: never part of the key
 RUN_FIELDS = ("crossfit",)
 

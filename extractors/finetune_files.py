@@ -27,15 +27,11 @@ def save_state(obj: Any, path: Path) -> None:
 def load_state(path: Path, device: str, epochs: int) -> dict[str, Any] | None:
     """The resume state, loaded without running code (`weights_only=True`); None when it is unreadable,
     crafted (a pickle naming anything but tensors and plain values) or not shaped like ours."""
-    import pickle
-    import zipfile
-
     import torch
 
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, IndexError, zipfile.BadZipFile):
+    except _load_errors():
         return None
     ok = isinstance(state, dict) and all(isinstance(state.get(k), dict) for k in ("model", "optimizer", "scheduler",
                                                                                    "record"))
@@ -43,6 +39,15 @@ def load_state(path: Path, device: str, epochs: int) -> dict[str, Any] | None:
     if not ok or not isinstance(epoch, int) or not 1 <= epoch <= epochs or not isinstance(state["record"].get("epochs"), list):
         return None
     return state
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What torch.load(weights_only=True) raises on a truncated, corrupt or crafted file (refused, never run)."""
+    import pickle
+    import zipfile
+
+    return (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+            AttributeError, IndexError, zipfile.BadZipFile)
 
 
 def fresh_work_dir(work: Path) -> Path:
@@ -54,9 +59,6 @@ def fresh_work_dir(work: Path) -> Path:
 def load_head(path: Path) -> dict[str, Any]:
     """classifier_head.pt as tensors and plain values (`weights_only=True`); ModelLoadError naming the
     file when it is corrupt or crafted."""
-    import pickle
-    import zipfile
-
     import torch
 
     from mer_pipe.common.errors import ModelLoadError
@@ -65,8 +67,7 @@ def load_head(path: Path) -> dict[str, Any]:
         head = torch.load(path, map_location="cpu", weights_only=True)
         ok = isinstance(head, dict) and head.get("modality") in MODALITIES and isinstance(head.get("n_classes"), int) \
             and all(isinstance(head.get(k), torch.Tensor) for k in ("weight", "bias"))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, IndexError, zipfile.BadZipFile) as exc:
+    except _load_errors() as exc:
         ok, head = False, type(exc).__name__
     if not ok:
         raise ModelLoadError(f"{path} is corrupt or not a classifier head written by mer-pipe (refused without "
