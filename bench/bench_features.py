@@ -72,7 +72,7 @@ def drop_features(cache: Path, dataset: str, extractor: str) -> None:
 
 
 def bench_slot(spec, cache: Path, repeats: int, workers: tuple[int, ...]) -> dict:
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.run import extract_features
     from mer_pipe.pipeline.extract.plan import make_plan
 
@@ -175,7 +175,7 @@ def meld_sized_manifest(work: Path, n_max: int) -> Path:
 
 
 def bench_meld_sized(work: Path, quick: bool) -> dict:
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.run import extract_features
     from mer_pipe.pipeline.extract.presets import resolve_slots
 

@@ -225,7 +225,7 @@ def bench_slot(cache: Path, slot: str, weights: Path, device: str, args, overlap
 
 def lock_slots(cache: Path, weights: dict, device: str) -> None:
     """The fp32 overlapped shards are the stage's own: planning finds them all present and locks the slots."""
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.presets import resolve_slots
     from mer_pipe.pipeline.extract.run import extract_features
 

@@ -2,8 +2,7 @@
 
 `check_device` is what every command that takes --device calls first, before any work: a wrong name or a
 CUDA request on a machine without CUDA is one ConfigError (the CLI prints it on one line, exit 2).
-`worker_device` maps a plain "cuda" to the GPU of a dask worker (one worker process per GPU, one CUDA
-context each; see pipeline/extract/executors.py).
+Which GPU a dask worker takes is pipeline/executors.py's `worker_device` (the one module that knows dask).
 """
 from __future__ import annotations
 
@@ -44,21 +43,3 @@ def check_device(device: str | None, *, remote: bool = False) -> None:
     if not remote:
         resolve_device(device)
 
-
-def worker_device(device: str) -> str:
-    """`device` for this process: a plain "cuda" in a dask worker named by an integer (a local cluster's
-    workers are 0..N-1) becomes cuda:<name mod visible GPUs>, so N workers on N GPUs hold one CUDA context
-    each; a worker started with CUDA_VISIBLE_DEVICES=<one GPU> sees one device and keeps cuda:0. Anything
-    else is returned unchanged."""
-    if device != "cuda":
-        return device
-    try:
-        from distributed import get_worker
-
-        index = int(get_worker().name)
-    except (ImportError, ValueError, TypeError):
-        return device  # not in a dask worker, or a worker named otherwise
-    import torch
-
-    count = torch.cuda.device_count()
-    return f"cuda:{index % count}" if count > 1 else device

@@ -54,7 +54,7 @@ def extract(dataset: str, *, preset: str | None = None, only: str | None = None,
     (pipeline/extract/overlap.py); they never change a key or a feature."""
     from mer_pipe.common.errors import ConfigError
     from mer_pipe.pipeline.corpus.manifest import load_dataset
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.presets import DEFAULT_PRESET, resolve_slots
     from mer_pipe.pipeline.extract.run import extract_features
     from mer_pipe.pipeline.extract.weights import check_weights
@@ -165,7 +165,7 @@ def sweep(model: str | None = None, dataset: str | None = None, *, grid: Sequenc
     import os
 
     from mer_pipe.common.errors import ConfigError
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig, SerialExecutor, make_executor
+    from mer_pipe.pipeline.executors import ExecutorConfig, SerialExecutor, make_executor
     from mer_pipe.pipeline.train import sweep as sw
     from mer_pipe.pipeline.train.runner import resolve_modalities
     from mer_pipe.pipeline.train.sweepspec import SweepSpec, expand, load_sweep_file, parse_grid

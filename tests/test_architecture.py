@@ -18,10 +18,11 @@ ALLOWED = {
 # pipeline wings: what each may import besides common/cache/extractors/models and itself
 WINGS = {
     "corpus": set(),
-    "extract": {"corpus"},
-    "train": {"corpus"},
+    "executors": set(),
+    "extract": {"corpus", "executors"},
+    "train": {"corpus", "executors"},
     "interop": {"corpus"},
-    "api": {"corpus", "extract", "train"},
+    "api": {"corpus", "executors", "extract", "train"},
     "cli": {"api", "corpus", "extract", "train", "interop"},
 }
 
@@ -139,3 +140,15 @@ def test_cli_help_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported before --model was checked'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_dask_is_imported_in_one_module_only():
+    """pipeline/executors.py is the executor layer: nothing else imports dask or distributed."""
+    found = []
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n.split(".")[0] in ("dask", "distributed") for n in names):
+                found.append(name)
+    assert sorted(set(found)) == ["pipeline.executors"], sorted(set(found))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mer_pipe.cache.loading import load_table
-from mer_pipe.pipeline.extract.executors import ExecutorConfig
+from mer_pipe.pipeline.executors import ExecutorConfig
 from mer_pipe.pipeline.extract.run import extract_features
 from mer_pipe.pipeline.extract.presets import resolve_slots
 
@@ -110,7 +110,7 @@ def test_dask_scheduler_with_two_worker_processes_matches_serial(prepared, refer
 
 def test_unreachable_scheduler_is_a_clear_error():
     from mer_pipe.common.errors import ConfigError
-    from mer_pipe.pipeline.extract.executors import DaskExecutor
+    from mer_pipe.pipeline.executors import DaskExecutor
 
     with pytest.raises(ConfigError, match="tcp://127.0.0.1:9"):
         DaskExecutor(scheduler="tcp://127.0.0.1:9", connect_timeout="2s")

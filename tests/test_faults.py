@@ -113,7 +113,7 @@ def test_lock_entry_missing_fields_is_one_line(tmp_path, cache):
 
 
 def test_non_local_scheduler_gets_a_security_note():
-    from mer_pipe.pipeline.extract.executors import check_scheduler_address
+    from mer_pipe.pipeline.executors import check_scheduler_address
 
     assert check_scheduler_address("tcp://127.0.0.1:8786") is None
     assert check_scheduler_address("tls://10.0.0.5:8786") is None
@@ -122,7 +122,7 @@ def test_non_local_scheduler_gets_a_security_note():
 
 
 def test_workers_are_capped_with_a_message():
-    from mer_pipe.pipeline.extract.executors import cap_workers
+    from mer_pipe.pipeline.executors import cap_workers
 
     n, msg = cap_workers(1)
     assert n == 1 and msg is None

@@ -9,7 +9,7 @@ import pytest
 
 from mer_pipe.cache.loading import load_table
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
-from mer_pipe.pipeline.extract.executors import ExecutorConfig
+from mer_pipe.pipeline.executors import ExecutorConfig
 from mer_pipe.pipeline.extract.run import extract_features
 from mer_pipe.pipeline.extract.plan import make_plan, shard_bounds
 from mer_pipe.pipeline.extract.presets import SlotSpec, parse_override, resolve_slots

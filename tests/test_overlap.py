@@ -42,7 +42,7 @@ def _features(cache: Path, slot: str, overlap: OverlapConfig) -> tuple[dict, lis
     """(lock entry, [(ids, values, valid, reasons) per shard]) of one serial-executor run on CPU, fp32."""
     from mer_pipe.cache.shard import read_shard
     from mer_pipe.cache.store import FeatureStore
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.presets import resolve_slots
     from mer_pipe.pipeline.extract.run import extract_features
 

@@ -22,7 +22,7 @@ from mer_pipe.cache.store import FeatureStore
 from mer_pipe.common.errors import CorruptShard
 from mer_pipe.common.files import file_identity, identity_changed, write_json_atomic
 from mer_pipe.pipeline.cli import main
-from mer_pipe.pipeline.extract.executors import ExecutorConfig
+from mer_pipe.pipeline.executors import ExecutorConfig
 from mer_pipe.pipeline.extract.presets import resolve_slots
 from mer_pipe.pipeline.extract.run import extract_features
 

@@ -34,7 +34,7 @@ FAST = ["trainer.lr=3e-3", "trainer.patience=0"]
 
 def build_synth_features(base: Path) -> Path:
     """synth (40 dialogues) -> prepare -> offline t/a/v features, once per session; returns the cache dir."""
-    from mer_pipe.pipeline.extract.executors import ExecutorConfig
+    from mer_pipe.pipeline.executors import ExecutorConfig
     from mer_pipe.pipeline.extract.run import extract_features
     from mer_pipe.pipeline.corpus.prepare import prepare
     from mer_pipe.pipeline.extract.presets import resolve_slots

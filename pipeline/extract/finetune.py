@@ -410,24 +410,10 @@ def run_finetunes(plan: Any, *, device: str = "auto", executor: Any = None, prog
 
 
 def _on_cluster(scheduler: str, task: FinetuneTask, log: Log) -> dict[str, Any]:
-    from mer_pipe.common.errors import MerPipeError
+    from mer_pipe.pipeline.executors import run_on_scheduler
 
-    try:
-        from distributed import Client
-    except ImportError:
-        raise ConfigError("--scheduler needs the `distributed` package (pip install distributed)") from None
     log(f"{task.stage.describe()}: submitted to {scheduler} (one worker; the checkpoint goes to the shared cache)")
-    try:
-        with Client(scheduler, timeout="30s") as client:
-            from .executors import install_quiet_dumps
-
-            install_quiet_dumps(client)  # the error comes back as one line here, not as a worker dump
-            return client.submit(run_finetune_task, task, pure=False).result()
-    except MerPipeError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc}); start it with "
-                          "`dask scheduler` or drop --scheduler") from None
+    return run_on_scheduler(scheduler, run_finetune_task, task)
 
 
 # --- cross-fitted feature sets -------------------------------------------------------------------------

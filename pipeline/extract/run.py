@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from mer_pipe.common.errors import CacheError, MediaError, ModelLoadError
 
-from .executors import ExecutorConfig, make_executor
+from mer_pipe.pipeline.executors import ExecutorConfig, make_executor, worker_device
 from .overlap import Feed, OverlapConfig, decide, decode_item, for_workers, forward_batch, media_cost
 from .plan import Plan, ShardTask, Stage, make_plan, with_run_settings
 from .presets import SlotSpec
@@ -51,7 +51,6 @@ class ShardResult:
 def _extractor(task: ShardTask):
     """The set-up extractor for `task`, built at most once per process."""
     from mer_pipe.cache.keys import canonical_json
-    from mer_pipe.common.devices import worker_device
     from mer_pipe.extractors import build_extractor
 
     device = worker_device(task.device)  # a dask worker per GPU: "cuda" -> that worker's GPU

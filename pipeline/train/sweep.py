@@ -17,7 +17,7 @@ to the earlier grid point; `--select-on cvK` chooses on K folds of the training 
 per run dir). Test is reported for the chosen config; the test scores of all configs are written apart, marked not
 for selection.
 
-Tasks go through an executor (pipeline/extract/executors.py, handed in by pipeline/api.py): serial, a local
+Tasks go through an executor (pipeline/executors.py, handed in by pipeline/api.py): serial, a local
 dask cluster, or a scheduler. Each task pins torch to `threads` threads; on a local GPU cluster each worker
 takes the GPU of its index (one run per GPU), on a scheduler whose workers advertise a `GPU` resource every
 task asks for one.
@@ -95,10 +95,9 @@ def task_device(task: Task) -> str:
     if task.device.startswith("cuda:"):
         return task.device
     if task.gpus > 1:
-        with contextlib.suppress(ImportError, ValueError):
-            from distributed import get_worker
+        from mer_pipe.pipeline.executors import worker_device
 
-            return f"cuda:{int(get_worker().name) % task.gpus}"
+        return worker_device("cuda", task.gpus)
     return "cuda"
 
 
@@ -265,22 +264,10 @@ def plan_tasks(points: Sequence[Point], features: Mapping[str, Mapping[str, Any]
 
 # ---- the driver --------------------------------------------------------------------------------------------
 
-def _gpu_annotation(executor: Any, device: str) -> contextlib.AbstractContextManager:
-    """On a dask cluster whose workers advertise a GPU resource (`dask worker --resources GPU=1`), every task
-    that may use CUDA asks for one GPU, so each worker runs one at a time and CPU-only workers get none."""
-    if getattr(executor, "name", "") != "dask" or device == "cpu":
-        return contextlib.nullcontext()
-    import dask
-    from distributed import default_client
-
-    workers = default_client().scheduler_info().get("workers", {}).values()
-    if any("GPU" in (w.get("resources") or {}) for w in workers):
-        return dask.annotate(resources={"GPU": 1})
-    return contextlib.nullcontext()
-
-
 def _iter_results(executor: Any, tasks: Sequence[Task], device: str) -> Iterator[tuple[Task, dict[str, Any]]]:
-    with _gpu_annotation(executor, device):
+    from mer_pipe.pipeline.executors import gpu_annotation
+
+    with gpu_annotation(executor, device):
         yield from executor.run(run_task, tasks)
 
 

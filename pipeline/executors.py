@@ -1,13 +1,17 @@
-"""Executors: the only way the feature run goes parallel.
+"""Executors: the one layer that runs work in parallel, for extraction, fine-tuning and sweeps.
+
+This is the only module that imports dask (`tests/test_architecture.py` asserts it). Three ways to run:
+`serial` (in this process), a local process cluster, or an existing scheduler given by address; GPUs are a
+resource option (one local worker per GPU; `gpu_annotation` on a cluster whose workers advertise `GPU`).
 
 An executor takes a picklable function and a list of plain task specs and yields `(task, result)`
 pairs as tasks finish. `serial` runs them in this process (the reference every other executor must
 match bit for bit); `dask` runs them on a local process cluster, or on an existing scheduler given by
 address (many machines sharing one filesystem). Tasks carry paths, names, config dicts and ids only,
-so nothing heavy is pickled; each worker process loads its extractor once (see `features.py`).
+so nothing heavy is pickled; each worker process loads its extractor once (pipeline/extract/run.py).
 
 Devices: on CUDA the local cluster runs one worker process per visible GPU (each holds one CUDA context
-and its encoders; `common.devices.worker_device` gives worker i the GPU i, and decoding runs in threads
+and its encoders; `worker_device` gives worker i the GPU i, and decoding runs in threads
 inside the worker, pipeline/extract/overlap.py). With --scheduler, start one `dask worker --nworkers 1` per
 GPU with CUDA_VISIBLE_DEVICES set to that GPU (or integer --name 0..N-1 on one machine).
 
@@ -352,3 +356,67 @@ def make_executor(config: ExecutorConfig, device: str | None = None) -> Executor
         print(f"mer-pipe: warning: local dask cluster did not start ({type(exc).__name__}: {exc}); "
               "running serially instead (pass --executor serial to skip this attempt)", file=sys.stderr)
         return SerialExecutor()
+
+
+# ---- what a task asks of the worker it runs on -------------------------------------------------------------
+
+def worker_index() -> int | None:
+    """The integer name of the dask worker running this code (a local cluster's workers are 0..N-1), or None
+    outside a worker or for a worker named otherwise."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().name)
+    except (ImportError, ValueError, TypeError):
+        return None
+
+
+def worker_device(device: str, gpus: int | None = None) -> str:
+    """`device` for this process: a plain "cuda" in a dask worker named by an integer becomes
+    cuda:<name mod GPUs> (`gpus`, default every visible one), so N workers on N GPUs hold one CUDA context
+    each; a worker started with CUDA_VISIBLE_DEVICES=<one GPU> sees one device and keeps cuda:0. Anything
+    else is returned unchanged."""
+    if device != "cuda":
+        return device
+    index = worker_index()
+    if index is None:
+        return device
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return f"cuda:{index % gpus}" if gpus > 1 else device
+
+
+def gpu_annotation(executor: Executor, device: str):
+    """On a dask cluster whose workers advertise a GPU resource (`dask worker --resources GPU=1`), every task
+    that may use CUDA asks for one GPU, so each worker runs one at a time and CPU-only workers get none."""
+    import contextlib
+
+    if not isinstance(executor, DaskExecutor) or device == "cpu":
+        return contextlib.nullcontext()
+    import dask
+    from distributed import default_client
+
+    workers = default_client().scheduler_info().get("workers", {}).values()
+    if any("GPU" in (w.get("resources") or {}) for w in workers):
+        return dask.annotate(resources={"GPU": 1})
+    return contextlib.nullcontext()
+
+
+def run_on_scheduler(scheduler: str, fn: Callable[[Any], Any], task: Any) -> Any:
+    """Run one task on one worker of an existing scheduler and return its result; a task error comes back as
+    the task's own exception (one line, no worker dump), an unreachable scheduler as a ConfigError."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("--scheduler needs the `distributed` package (pip install distributed)") from None
+    try:
+        with Client(scheduler, timeout="30s") as client:
+            install_quiet_dumps(client)
+            return client.submit(fn, task, pure=False).result()
+    except MerPipeError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"--scheduler {scheduler}: cannot reach the dask scheduler ({exc}); start it with "
+                          "`dask scheduler` or drop --scheduler") from None
