@@ -131,15 +131,12 @@ def labels_digest(utts: Sequence[Any], train_ids: Sequence[str], dev_ids: Sequen
 
 
 def crossfit_folds(utts: Sequence[Any], n_folds: int, seed: int) -> dict[str, int]:
-    """Training dialogue -> fold, dealt round-robin after a seeded shuffle; returned per utterance id."""
-    import numpy as np
+    """Training dialogue -> fold (`corpus.folds`), returned per training utterance id."""
+    from mer_pipe.pipeline.corpus.folds import dialogue_folds
 
-    dias = sorted({u.dialogue_id for u in utts if u.split == "train" and u.label_id is not None})
-    if len(dias) < n_folds:
-        raise ConfigError(f"finetune.crossfit={n_folds}: only {len(dias)} training dialogues; "
-                          f"use crossfit <= {len(dias)} or 0")
-    order = np.random.default_rng(seed).permutation(len(dias))
-    fold_of_dia = {dias[j]: pos % n_folds for pos, j in enumerate(order)}
+    train = [u for u in utts if u.split == "train" and u.label_id is not None]
+    fold_of_dia = dialogue_folds([u.dialogue_id for u in train], n_folds, seed, option=f"finetune.crossfit={n_folds}",
+                                 fix=f"use crossfit <= {len({u.dialogue_id for u in train})} or 0")
     return {u.id: fold_of_dia[u.dialogue_id] for u in utts if u.dialogue_id in fold_of_dia and u.split == "train"}
 
 

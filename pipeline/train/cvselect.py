@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mer_pipe.common.errors import ConfigError
+from mer_pipe.pipeline.corpus import folds
 
 from .data import Corpus, make_view
 from .protocols import Fold
@@ -62,13 +63,10 @@ def train_only(corpus: Corpus) -> Corpus:
 
 
 def dialogue_folds(dialogue_ids: Sequence[str], n_folds: int, seed: int = CV_SEED) -> dict[str, int]:
-    """Dialogue id -> fold: sorted ids, a seeded permutation, dealt round-robin (as crossfit_folds does)."""
-    dias = sorted(set(dialogue_ids))
-    if len(dias) < n_folds:
-        raise ConfigError(f"--select-on cv{n_folds}: only {len(dias)} labelled training dialogues; use "
-                          f"--select-on cv{max(2, len(dias))} or dev")
-    order = np.random.default_rng(seed).permutation(len(dias))
-    return {dias[j]: pos % n_folds for pos, j in enumerate(order)}
+    """Dialogue id -> fold (`corpus.folds`, the rule cross-fitted fine-tunes use too)."""
+    n = len(set(dialogue_ids))
+    return folds.dialogue_folds(dialogue_ids, n_folds, seed, option=f"--select-on cv{n_folds}",
+                                fix=f"use --select-on cv{max(2, n)} or dev")
 
 
 def cv_folds(corpus: Corpus, dialogue_of: dict[str, str], n_folds: int, unit: str,
