@@ -41,10 +41,11 @@ BASE = {"lr": 5e-5, "batch_size": 32, "warmup": 0.1, "weight_decay": 0.01, "pool
 README_FINETUNE_UTT_S = 41.6  # README "Fine-tuned text features on real MELD": MiniLM, batch 32, 2 threads
 
 
-def settings(epochs: list[int], folds: int) -> list[dict]:
+def settings(epochs: list[int], folds: int, crossfit_epochs: list[int] | None = None) -> list[dict]:
     out = [{"slot": "t_frozen", "kind": "frozen", "epochs": 0, "folds": 0}]
     out += [{"slot": f"t_ft{e}", "kind": "fine-tuned", "epochs": e, "folds": 0} for e in epochs]
-    out += [{"slot": f"t_cf{folds}e{e}", "kind": "cross-fitted", "epochs": e, "folds": folds} for e in epochs]
+    out += [{"slot": f"t_cf{folds}e{e}", "kind": "cross-fitted", "epochs": e, "folds": folds}
+            for e in (epochs if crossfit_epochs is None else crossfit_epochs)]
     return out
 
 
@@ -89,7 +90,26 @@ def encoder_record(store, dataset: str, slot: str) -> dict:
                        "out_of_fold_wf1": pct(f.heldout), "best_epoch": f.best_epoch} for f in sf.folds],
             "checkpoints": {m["key"]: {"wall_seconds": m["wall_seconds"], "train_seconds": m["record"]["train_seconds"],
                                        "score_seconds": (m.get("scores") or {}).get("seconds"),
-                                       "utt_per_s": m["record"]["utt_per_s"], "n_train": m["n_train"]} for m in metas}}
+                                       "utt_per_s": m["record"]["utt_per_s"], "n_train": m["n_train"],
+                                       "dev_wf1_by_epoch": [pct(e["dev_weighted_f1"]) for e in m["record"]["epochs"]],
+                                       "with_patience": {p: early_stop(m["record"]["epochs"], p) for p in (1, 2)}}
+                            for m in metas}}
+
+
+def early_stop(epochs: list[dict], patience: int) -> dict:
+    """What `finetune.patience=N` (same maximum, same LR schedule) does on this dev curve: the epoch it stops
+    after, the epoch it keeps, and whether that is the encoder the full budget kept (then the features are
+    the same) -- read from the log, not trained again."""
+    best, best_f1, stop = None, None, len(epochs)
+    for i, e in enumerate(epochs, 1):
+        if best_f1 is None or e["dev_weighted_f1"] > best_f1:
+            best, best_f1 = i, e["dev_weighted_f1"]
+        elif i - best >= patience:
+            stop = i
+            break
+    full = max(range(len(epochs)), key=lambda i: (epochs[i]["dev_weighted_f1"], -i)) + 1
+    return {"stops_after_epoch": stop, "keeps_epoch": best, "same_encoder_as_full_budget": best == full,
+            "epochs_saved": len(epochs) - stop}
 
 
 def choices(table: dict[str, dict], slots: list[str], key: str) -> str | None:
@@ -177,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpora", default="full,subset", help="full and/or subset")
     ap.add_argument("--subset", type=int, default=5000, help="training utterances of the subset (whole dialogues)")
     ap.add_argument("--epochs", default=None, help="fine-tune epoch budgets (default 2,5)")
+    ap.add_argument("--crossfit-epochs", default=None, help="epoch budgets of the cross-fitted sets (default: --epochs)")
     ap.add_argument("--folds", type=int, default=None, help="cross-fit folds (default 5)")
     ap.add_argument("--cv", type=int, default=None, help="CV folds of the selection (default 5)")
     ap.add_argument("--models", default=None, help=f"default {','.join(MODELS)}")
@@ -209,11 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if not (MELD / "train_sent_emo.csv").is_file():
         sys.exit(f"MELD CSVs not found in {MELD}")
-    sets = settings(epochs, folds)
+    cf_epochs = [int(x) for x in args.crossfit_epochs.split(",")] if args.crossfit_epochs else None
+    sets = settings(epochs, folds, cf_epochs)
     report: dict = {"benchmark": __doc__.split("\n\n")[1].strip(), "command": " ".join([Path(sys.argv[0]).name,
                     *(argv if argv is not None else sys.argv[1:])]), "quick": q, "device": device,
                     "torch_threads": args.threads, "machine": platform.platform(), "cpus": os.cpu_count(),
-                    "fine_tune_base": BASE, "epochs": epochs, "crossfit_folds": folds, "cv_folds": cv,
+                    "fine_tune_base": BASE, "epochs": epochs, "crossfit_epochs": cf_epochs or epochs, "crossfit_folds": folds, "cv_folds": cv,
                     "models": models, "seeds": seeds, "executor": executor, "sweep_trainer_sets": quick_sets,
                     "corpora": {}, "status": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
 

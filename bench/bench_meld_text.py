@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from mer_pipe.pipeline import api
-    from mer_pipe.pipeline.train.runs import format_rows, load_runs, sort_rows
+    from mer_pipe.pipeline.experiments.runs import format_rows, load_runs, sort_rows
 
     seeds = "0" if args.quick else args.seeds
     feat_s = prepare_features(args.cache_dir, "cpu")

@@ -4,44 +4,43 @@ spec.json fixes a set's sharding before any shard exists. When it is deleted (or
 still say which sharding they belong to: every shard carries `key`, `shard_index`, `n_shards` and `start`
 as attributes, and a checksum. The sharding is taken back from the shards that are sound and agree with
 it; every other shard file of the folder (unsound, of another key, of another sharding) is deleted, so a
-set recomputed after a lost spec never leaves stray shards behind.
+set recomputed after a lost spec never leaves stray shards behind. `find_layout` only reads (planning); a
+feature run deletes its `bad` files once it holds the set's run lock (`recover_layout` does both at once).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mer_pipe.common.errors import CacheError
 
 from .shard import read_shard
-from .store import SHARD_RE, SPEC_FILE, FeatureStore
-
-
-def spec_usable(store: FeatureStore, dataset: str, extractor: str, key: str) -> bool:
-    """spec.json exists, parses, and records an integer sharding."""
-    path = store.feature_dir(dataset, extractor, key) / SPEC_FILE
-    if not path.is_file():
-        return False
-    try:
-        spec = store.read_spec(dataset, extractor, key)
-    except CacheError:
-        return False
-    return isinstance(spec, dict) and isinstance(spec.get("n_shards"), int) and isinstance(spec.get("shard_size"), int)
+from .store import SHARD_RE, FeatureStore
 
 
 def _n_bounds(n_items: int, size: int) -> int:
     return max(1, -(-n_items // size))
 
 
-def recover_layout(store: FeatureStore, dataset: str, extractor: str, key: str,
-                   n_items: int) -> tuple[tuple[int, int] | None, list[Path]]:
-    """((shard_size, n_shards) of the sound shards, or None) and the shard files deleted because they are
-    unsound or belong to no sharding that fits `n_items` utterances."""
+@dataclass(frozen=True)
+class Recovered:
+    """What the shards of a set without a usable spec say. `layout`: (shard_size, n_shards) of the sound
+    shards, or None; `sound`: their paths by index (checksummed just now); `bad`: every other shard file
+    (unsound, of another key or sharding), to delete."""
+
+    layout: tuple[int, int] | None
+    sound: dict[int, Path] = field(default_factory=dict)
+    bad: tuple[Path, ...] = ()
+
+
+def find_layout(store: FeatureStore, dataset: str, extractor: str, key: str, n_items: int) -> Recovered:
+    """The sharding the sound shards agree on (reads and checksums them; deletes nothing)."""
     fdir = store.feature_dir(dataset, extractor, key)
     try:
         names = sorted(os.listdir(fdir))
     except OSError:
-        return None, []
+        return Recovered(None)
     found: dict[int, dict[int, tuple[Path, int, int]]] = {}  # n -> i -> (path, start, rows)
     bad: list[Path] = []
     for name in names:
@@ -69,9 +68,18 @@ def recover_layout(store: FeatureStore, dataset: str, extractor: str, key: str,
     for n, shards in found.items():
         if best is None or n != best[1]:
             bad.extend(p for p, _, _ in shards.values())
-    for p in bad:
+    sound = {i: p for i, (p, _, _) in found[best[1]].items()} if best is not None else {}
+    return Recovered(best, sound, tuple(sorted(bad)))
+
+
+def recover_layout(store: FeatureStore, dataset: str, extractor: str, key: str,
+                   n_items: int) -> tuple[tuple[int, int] | None, list[Path]]:
+    """((shard_size, n_shards) of the sound shards, or None) and the shard files deleted because they are
+    unsound or belong to no sharding that fits `n_items` utterances."""
+    found = find_layout(store, dataset, extractor, key, n_items)
+    for p in found.bad:
         p.unlink(missing_ok=True)
-    return best, sorted(bad)
+    return found.layout, list(found.bad)
 
 
 def _size_of(shards: dict[int, tuple[Path, int, int]], n: int, n_items: int) -> int | None:
@@ -92,4 +100,4 @@ def _size_of(shards: dict[int, tuple[Path, int, int]], n: int, n_items: int) -> 
     return size
 
 
-__all__ = ["recover_layout", "spec_usable"]
+__all__ = ["Recovered", "find_layout", "recover_layout"]

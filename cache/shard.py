@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError, ConfigError, CorruptShard
 
 from mer_pipe.common.files import atomic_path
@@ -285,7 +286,8 @@ def read_shard(path: str | os.PathLike[str], *, values: bool = True, verify: boo
     path = Path(path)
     # a feature run recomputes a shard it finds corrupt; --verify makes it checksum every shard, even one
     # whose size and mtime are unchanged since it was last checked (bit rot)
-    fix = "re-extract the features: `mer-pipe features --verify` with the same --dataset/--only checksums every shard and recomputes this one"
+    fix = (f"re-extract the features: `{command('features', verify=True)}` with the same --dataset/--only checksums every "
+           "shard and recomputes this one")
     if not path.is_file():
         raise CorruptShard(str(path), f"shard {path} does not exist; {fix}")
     try:

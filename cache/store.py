@@ -157,8 +157,8 @@ class FeatureStore:
 
     # ---- spec --------------------------------------------------------------------------------
     def write_spec(self, dataset: str, extractor: str, key: str, spec: Mapping[str, Any]) -> Path:
-        """Write spec.json (stage, extractor, version, config, manifest_digest, n_shards, shard_size, dim,
-        layout, ...). Fills `key`, `extractor`, `dataset` and `created` when absent; refuses a wrong key."""
+        """Write spec.json (its schema: cache/featureset.py `set_spec`, the one writer of feature sets).
+        Fills `key`, `extractor`, `dataset` and `created` when absent; refuses a wrong key."""
         data = dict(spec)
         for name, value in (("key", key), ("extractor", extractor), ("dataset", dataset)):
             if data.setdefault(name, value) != value:

@@ -6,6 +6,8 @@ Which GPU a dask worker takes is pipeline/executors.py's `worker_device` (the on
 """
 from __future__ import annotations
 
+import os
+
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -43,3 +45,19 @@ def check_device(device: str | None, *, remote: bool = False) -> None:
     if not remote:
         resolve_device(device)
 
+
+def may_use_cuda(device: str | None) -> bool:
+    """`device` names CUDA, or is auto on a machine with an NVIDIA driver (found without importing torch)."""
+    return device is not None and (device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl")))
+
+
+def local_gpus(device: str | None) -> int:
+    """GPUs a local run on `device` uses: 0 for cpu (and for auto on a machine without an NVIDIA driver,
+    `may_use_cuda`), 1 for cuda:N, every visible one for cuda (and auto with CUDA)."""
+    if not may_use_cuda(device):
+        return 0
+    if device.startswith("cuda:"):
+        return 1
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .commands import command
 from .errors import DiskFullError
 
 TMP_MARK = ".tmp-"
@@ -126,7 +127,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise DiskFullError(f"no space left on the device while writing {path}; free space (e.g. "
-                                "`mer-pipe cache gc --yes`) or point --cache-dir/--out elsewhere, then rerun: "
+                                f"`{command('cache', 'gc', yes=True)}`) or point --cache-dir/--out elsewhere, then rerun: "
                                 "everything written before is kept") from None
         raise
     except BaseException:

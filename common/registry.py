@@ -39,3 +39,19 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def declared_names(package: str, registry: str) -> list[str]:
+    """The names that the modules of `package` register with `@REGISTRY.register("name")`, read from their
+    source without importing them: a help text lists the models without importing torch. A test keeps this
+    equal to the populated registry (tests/test_cli_train.py)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    pattern = re.compile(rf"^@{re.escape(registry)}\.register\(\s*[\"']([^\"']+)[\"']\s*\)", re.M)
+    names = {n for folder in folders for p in Path(folder).glob("*.py")
+             for n in pattern.findall(p.read_text(encoding="utf-8"))}
+    return sorted(names)

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import os
 import re
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +18,7 @@ import numpy as np
 from mer_pipe.common.devices import resolve_device
 from mer_pipe.common.errors import ModelLoadError
 from mer_pipe.common.registry import Registry
+from mer_pipe.common.training import autocast
 
 EXTRACTORS: Registry = Registry("extractor")
 
@@ -311,15 +311,9 @@ def load_error(what: str, ref: str, exc: BaseException) -> ModelLoadError:
 
 
 def autocast_context(enabled: bool, device: str):
-    """bf16 autocast on CPU, fp16 on CUDA (speed and closeness to fp32: bench/results/features.json, README).
-    Off by default so features are exact fp32."""
-    import torch
-
-    if not enabled:
-        return nullcontext()
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    """The extractor's `autocast` switch (off by default, so features are exact fp32): the "extract" row of the
+    precision rule in `common/training.py`."""
+    return autocast(enabled, device, "extract")
 
 
 def pin_for(x, device: str | None):

@@ -1,8 +1,9 @@
 """Fine-tuning an encoder on utterance emotion labels: the training loop of the `finetune` stage.
 
 A classification head (dropout + linear) on the pooled encoder output; AdamW with linear warm-up and
-linear decay; optional class weights, frozen lower layers, bf16 autocast. Dev is used only to pick the
-epoch; the loop never sees test data (the pipeline does not give it any).
+linear decay; optional class weights, frozen lower layers, bf16 autocast, early stopping (`patience`). The
+schedule, class weights, scores and autocast are `common/training.py`'s, shared with the trainer. Dev is used
+only to pick the epoch (and to stop); the loop never sees test data (the pipeline does not give it any).
 
 Two encoder families, the same loop:
 * text: any AutoModel + AutoTokenizer (BERT/RoBERTa/MiniLM...), pooled "mean" (attention-masked) or "cls";
@@ -30,14 +31,18 @@ import numpy as np
 
 from mer_pipe.common.config import Config
 from mer_pipe.common.errors import ConfigError, MediaError
+from mer_pipe.common.training import (accuracy, autocast, class_counts, class_weights_from_counts, lr_schedule,
+                                      patience_ran_out, weighted_f1)
 
 from .base import hf_load_kwargs, load_error
-from .finetune_batches import _autocast, _batches, _collate
+from .finetune_batches import _batches, _collate, audio_rule
 from .finetune_files import (BEST_DIR, HEAD_FILE, MODALITIES, STATE_FILE, fresh_work_dir, load_head, load_state,
                              save_encoder, save_state)
 
 # fields that change how the encoder is trained, not which one: never part of the key
 RUN_FIELDS = ("crossfit",)
+# fields added after keys were first written: left out of the key at this (off) value, so older keys stay valid
+KEYED_WHEN_SET = {"patience": 0}
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,17 @@ class FinetuneConfig(Config):
     """Fine-tune settings of one slot (`--set t.finetune.lr=3e-5`).
 
     lr: peak AdamW learning rate; warmup: fraction of all steps spent warming up linearly, then linear
-    decay to 0. epochs: the dev-best of these is kept. max_length: text tokens (the extraction of the
-    fine-tuned slot uses the same); max_seconds: audio clips are cut to this. pooling: "mean"
+    decay to 0 (`common.training.lr_schedule`, over all `epochs`). epochs: the dev-best of these is kept.
+    patience: 0 (off) = all `epochs` run; N >= 1 = stop once dev W-F1 has not improved for N epochs, so
+    `epochs` is the maximum (the LR schedule stays defined over `epochs`: stopping early does not compress
+    it; in the key only when > 0). max_length: text tokens (the extraction of the fine-tuned slot uses the same); max_seconds: audio clips are cut to this. pooling: "mean"
     (attention-masked) | "cls" (text; audio always mean). class_weights: "balanced" weighs the loss by
     inverse train class frequency. frozen_layers: the embeddings (text) and the first N transformer
     layers stay fixed (the wav2vec2 conv feature encoder is always frozen). context: K previous turns of
     the dialogue prepended as "speaker: text" (text only; 0 = the utterance alone). crossfit: N >= 2
     fine-tunes one encoder per fold of the training dialogues and extracts each fold with the encoder
-    that did not see it (0 = off). autocast: bf16 forward/backward (CPU and CUDA).
+    that did not see it (0 = off). autocast: bf16 forward/backward on CPU and CUDA (the "finetune" row of the
+    precision rule in `common/training.py`).
     """
 
     section: ClassVar[str] = "finetune"
@@ -74,6 +82,7 @@ class FinetuneConfig(Config):
     context_sep: str = " | "
     autocast: bool = False
     crossfit: int = 0
+    patience: int = 0
 
     def validate(self) -> None:
         self.require(self.lr > 0, "lr", "must be > 0")
@@ -87,10 +96,13 @@ class FinetuneConfig(Config):
         self.require(self.frozen_layers >= 0, "frozen_layers", "must be >= 0")
         self.require(self.context >= 0, "context", "must be >= 0 previous turns")
         self.require(self.crossfit == 0 or self.crossfit >= 2, "crossfit", "must be 0 (off) or >= 2 folds")
+        self.require(self.patience >= 0, "patience", "must be 0 (off: run all epochs) or >= 1 epochs")
 
     def key_dict(self) -> dict[str, Any]:
-        """What decides the trained weights (hashed into the fine-tune key)."""
-        return {k: v for k, v in asdict(self).items() if k not in RUN_FIELDS}
+        """What decides the trained weights (hashed into the fine-tune key): every field but RUN_FIELDS, and a
+        KEYED_WHEN_SET field only when it differs from its off value (patience > 0 changes which encoder is kept)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in RUN_FIELDS and not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])}
 
 
 @dataclass
@@ -102,25 +114,6 @@ class FinetuneData:
 
 
 Log = Callable[[str], None]
-
-
-def set_threads_once(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def audio_rule(enc: Any, pre: Any) -> tuple[bool, int]:
-    """(pad_ok, min_len): the extractor's batching rule (pad with a mask only for layer-norm models that
-    take one) and the conv stack's receptive field in samples (shorter clips are zero-padded to it)."""
-    c = enc.config
-    pad_ok = getattr(c, "feat_extract_norm", "group") == "layer" and bool(getattr(pre, "return_attention_mask", False))
-    rf, jump = 1, 1
-    for k, s in zip(c.conv_kernel, c.conv_stride):
-        rf += (k - 1) * jump
-        jump *= s
-    return pad_ok, rf
 
 
 # --- encoder + head ---------------------------------------------------------------------------------
@@ -212,12 +205,6 @@ def build_classifier(enc: Any, n_classes: int, modality: str, pooling: str, drop
     return EncoderClassifier()
 
 
-def _weighted_f1(y: Sequence[int], p: Sequence[int]) -> tuple[float, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return float(f1_score(y, p, average="weighted", zero_division=0)), float(accuracy_score(y, p))
-
-
 def finetune(
     modality: str,
     ref: str,
@@ -238,7 +225,8 @@ def finetune(
     Resumes from `work_dir/state.pt` when it exists. The state is loaded with `weights_only=True` (tensors
     and plain values only: a crafted file cannot run code); a corrupt or foreign one is reported through
     `on_discard`, the work folder is emptied and training starts again. Returns the training record: per-epoch log (train
-    loss, dev weighted F1 and accuracy, seconds), best epoch, dev score, wall time, utterances/s.
+    loss, dev weighted F1 and accuracy, seconds), best epoch, dev score, wall time, utterances/s, `stopped_early`
+    (patience ran out) and `stopped_epoch` (the last epoch trained). A resumed run that had stopped trains no more.
     """
     import torch
 
@@ -265,24 +253,17 @@ def finetune(
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     n = len(train.inputs)
     steps_per_epoch = len(_batches(modality, pre, train.inputs, list(range(n)), cfg, pad_ok, min_len))
-    total = max(1, steps_per_epoch * cfg.epochs)
-    warm = int(round(cfg.warmup * total))
-
-    def lr_lambda(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return max(0.0, (total - step) / max(1, total - warm))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    total = max(1, steps_per_epoch * cfg.epochs)  # over all epochs, also when patience stops earlier
+    sched = lr_schedule(opt, total, int(round(cfg.warmup * total)), "linear")
     weight = None
-    if cfg.class_weights == "balanced":
-        counts = np.bincount(np.asarray(train.labels), minlength=n_classes).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
-        weight = torch.tensor(w, dtype=torch.float32, device=device)
+    if cfg.class_weights == "balanced":  # 1 / p_c: sklearn's "balanced" up to a factor the mean-reduced loss ignores
+        weight = torch.tensor(class_weights_from_counts(class_counts(train.labels, n_classes)), dtype=torch.float32,
+                              device=device)
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
 
     record: dict[str, Any] = {"epochs": [], "best_epoch": None, "dev_weighted_f1": None, "train_seconds": 0.0,
-                              "n_train": n, "n_dev": len(dev.inputs), "steps_per_epoch": steps_per_epoch}
+                              "n_train": n, "n_dev": len(dev.inputs), "steps_per_epoch": steps_per_epoch,
+                              "stopped_early": False, "stopped_epoch": None}
     start_epoch = 1
     state_path = work / STATE_FILE
     if state_path.is_file() and (work / BEST_DIR).is_dir():
@@ -299,8 +280,8 @@ def finetune(
                        f"discarding the work folder {work} and starting this fine-tune again")
             return finetune(modality, ref, revision, cfg, train, dev, n_classes, fresh_work_dir(work), device=device, log=log,
                             on_step=on_step, on_discard=on_discard)
-        record = state["record"]
-        start_epoch = int(state["epoch"]) + 1
+        record = {"stopped_early": False, "stopped_epoch": int(state["epoch"]), **state["record"]}
+        start_epoch = cfg.epochs + 1 if record["stopped_early"] else int(state["epoch"]) + 1  # stopped: no more epochs
         log(f"resuming after epoch {state['epoch']} (from {state_path})")
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -316,7 +297,7 @@ def finetune(
             idx = groups[gi]
             batch = _collate(modality, pre, train.inputs, idx, cfg, device, pad_ok, min_len)
             y = torch.tensor([train.labels[i] for i in idx], device=device)
-            with _autocast(cfg.autocast, device):
+            with autocast(cfg.autocast, device, "finetune"):
                 logits = model(batch)
             loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -330,7 +311,8 @@ def finetune(
                 on_step(step + 1, len(groups))
         preds = predict_logits(model, modality, pre, dev.inputs, cfg, device, pad_ok, min_len).argmax(1).tolist() \
             if dev.inputs else []
-        dev_f1, dev_acc = _weighted_f1(dev.labels, preds) if dev.inputs else (float("nan"), float("nan"))
+        dev_f1, dev_acc = (weighted_f1(dev.labels, preds), accuracy(dev.labels, preds)) if dev.inputs \
+            else (float("nan"), float("nan"))
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch, "train_loss": total_loss / max(1, seen), "dev_weighted_f1": dev_f1,
                  "dev_accuracy": dev_acc, "seconds": seconds, "utt_per_s": n / seconds if seconds else None,
@@ -342,10 +324,16 @@ def finetune(
         if improved:
             record["best_epoch"], record["dev_weighted_f1"] = epoch, dev_f1
             save_encoder(model, pre, work / BEST_DIR, modality, cfg, n_classes)
+        stop = patience_ran_out(epoch, record["best_epoch"] or 0, cfg.patience, cfg.epochs)
+        record["stopped_early"], record["stopped_epoch"] = stop, epoch
         log(f"epoch {epoch}/{cfg.epochs}: train loss {entry['train_loss']:.4f}, dev W-F1 {100 * dev_f1:.2f} "
-            f"(acc {100 * dev_acc:.2f}){' best' if improved else ''}, {seconds:.0f}s, {entry['utt_per_s']:.1f} utt/s")
+            f"(acc {100 * dev_acc:.2f}){' best' if improved else ''}, {seconds:.0f}s, {entry['utt_per_s']:.1f} utt/s"
+            + (f"; stopping: no better dev W-F1 for {cfg.patience} epochs (best: epoch {record['best_epoch']})"
+               if stop else ""))
         save_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "record": record}, state_path)
+        if stop:
+            break
     record["utt_per_s"] = n * len(record["epochs"]) / record["train_seconds"] if record["train_seconds"] else None
     return record
 
@@ -360,7 +348,7 @@ def predict_logits(model: Any, modality: str, pre: Any, inputs: Sequence[Any], c
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]) if modality == "text" else np.asarray(inputs[i]).size)
     with torch.inference_mode():
         for idx in _batches(modality, pre, inputs, order, cfg, pad_ok, min_len):
-            with _autocast(cfg.autocast, device):
+            with autocast(cfg.autocast, device, "finetune"):
                 logits = model(_collate(modality, pre, inputs, idx, cfg, device, pad_ok, min_len))
             out[idx] = logits.float().cpu()
     return out

@@ -1,5 +1,5 @@
-"""Batching for the fine-tune loop: index groups per step (the wav2vec2 extraction rule for audio), collation
-into model inputs, optional bf16 autocast. Imports only numpy (torch lazily)."""
+"""Batching for the fine-tune loop: index groups per step (the wav2vec2 extraction rule for audio, `audio_rule`),
+collation into model inputs. Imports only numpy (torch lazily)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -56,10 +56,13 @@ def _collate(modality: str, pre: Any, inputs: Sequence[Any], idx: Sequence[int],
     return out
 
 
-def _autocast(enabled: bool, device: str):
-    import torch
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext()
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+def audio_rule(enc: Any, pre: Any) -> tuple[bool, int]:
+    """(pad_ok, min_len): the extractor's batching rule (pad with a mask only for layer-norm models that
+    take one) and the conv stack's receptive field in samples (shorter clips are zero-padded to it)."""
+    c = enc.config
+    pad_ok = getattr(c, "feat_extract_norm", "group") == "layer" and bool(getattr(pre, "return_attention_mask", False))
+    rf, jump = 1, 1
+    for k, s in zip(c.conv_kernel, c.conv_stride):
+        rf += (k - 1) * jump
+        jump *= s
+    return pad_ok, rf

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .finetune import FinetuneConfig, FinetuneData, _weighted_f1, load_classifier
+from mer_pipe.common.training import accuracy, weighted_f1
+
+from .finetune import FinetuneConfig, FinetuneData, load_classifier
 
 
 def score_kept(best_dir: str | Path, cfg: FinetuneConfig, parts: Mapping[str, FinetuneData],
@@ -24,8 +26,8 @@ def score_kept(best_dir: str | Path, cfg: FinetuneConfig, parts: Mapping[str, Fi
             out[name] = None
             continue
         pred = predict(data.inputs).argmax(1).tolist()
-        f1, acc = _weighted_f1(data.labels, pred)
-        out[name] = {"weighted_f1": f1, "accuracy": acc, "n": len(data.inputs)}
+        out[name] = {"weighted_f1": weighted_f1(data.labels, pred), "accuracy": accuracy(data.labels, pred),
+                     "n": len(data.inputs)}
     out["seconds"] = time.perf_counter() - t0
     return out
 

@@ -101,20 +101,6 @@ def ensure_tiny_swin(dir: str | Path) -> Path:
     return _ensure(dir, build, "tiny Swin (transformers SwinModel)")
 
 
-def ensure_tiny_swin_timm(dir: str | Path) -> Path:
-    """The same tiny Swin as a timm folder (`save_for_hf`: config.json with "architecture" and
-    "model_args", model.safetensors), loaded through timm's `local-dir:` path."""
-    def build(out: Path) -> None:
-        import timm
-        from timm.models import save_for_hf
-
-        kw = dict(img_size=64, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4)
-        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **kw).eval()
-        save_for_hf(model, out, model_args=kw, safe_serialization=True)
-
-    return _ensure(dir, build, "tiny Swin (timm)")
-
-
 _TEXT_WORDS = (
     "i you he she we they it is am are was were be not no yes oh okay so what why how who where "
     "the a an and or but to of in on for with at this that my your me him her us them do does did "

@@ -1,14 +1,11 @@
-"""Executors: the one layer that runs work in parallel, for extraction, fine-tuning and sweeps.
+"""Executors: the one layer that runs work in parallel, for extraction, fine-tuning and sweeps; the only module
+that imports dask (`tests/test_architecture.py` asserts it).
 
-This is the only module that imports dask (`tests/test_architecture.py` asserts it). Three ways to run:
-`serial` (in this process), a local process cluster, or an existing scheduler given by address; GPUs are a
-resource option (one local worker per GPU; `gpu_annotation` on a cluster whose workers advertise `GPU`).
-
-An executor takes a picklable function and a list of plain task specs and yields `(task, result)`
-pairs as tasks finish. `serial` runs them in this process (the reference every other executor must
-match bit for bit); `dask` runs them on a local process cluster, or on an existing scheduler given by
-address (many machines sharing one filesystem). Tasks carry paths, names, config dicts and ids only,
-so nothing heavy is pickled; each worker process loads its extractor once (pipeline/extract/run.py).
+An executor takes a picklable function and a list of plain task specs and yields `(task, result)` pairs as
+tasks finish. `serial` runs them in this process (the reference every other executor must match bit for bit);
+`dask` runs them on a local process cluster, or on an existing scheduler given by address (many machines
+sharing one filesystem). Tasks carry paths, names, config dicts and ids only, so nothing heavy is pickled;
+each worker process loads its extractor once (pipeline/extract/shardrun.py). GPUs are a resource option.
 
 Devices: on CUDA the local cluster runs one worker process per visible GPU (each holds one CUDA context
 and its encoders; `worker_device` gives worker i the GPU i, and decoding runs in threads
@@ -21,11 +18,13 @@ A task that raises stops the run: the remaining tasks are cancelled, completed s
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from mer_pipe.common.devices import local_gpus
 from mer_pipe.common.errors import ConfigError, MerPipeError
 
 EXECUTORS = ("serial", "dask")
@@ -81,8 +80,6 @@ def check_scheduler_address(address: str) -> str | None:
 
 def cap_workers(requested: int) -> tuple[int, str | None]:
     """`requested` local worker processes, capped at the cores (one thread each) and at the memory they need."""
-    import os
-
     cores = os.cpu_count() or 1
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -153,8 +150,6 @@ def install_quiet_dumps(client: Any, local: bool = False) -> None:
 
 
 def default_workers() -> int:
-    import os
-
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -231,14 +226,10 @@ class DaskExecutor(Executor):
             # dask's 30 s default and the nanny gives up, so allow more time to start.
             with dask.config.set({"distributed.comm.timeouts.connect": "120s"}):
                 self._cluster = LocalCluster(
-                    processes=True,
-                    n_workers=n,
-                    threads_per_worker=1,
+                    processes=True, n_workers=n, threads_per_worker=1, host="127.0.0.1",
                     dashboard_address=":0",  # a free port: None still means 8787 (a warning when taken)
-                    host="127.0.0.1",
                     silence_logs=logging.ERROR,  # shutdown chatter (cancelled tasks, slow exits) is not news
-                    env=dict(_SINGLE_THREAD_ENV),
-                )
+                    env=dict(_SINGLE_THREAD_ENV))
             self._client = Client(self._cluster)
             install_quiet_dumps(self._client, local=True)
             self.n_workers = n
@@ -318,20 +309,6 @@ def _sigint_ignored() -> Iterator[None]:
 def _describe(task: Any) -> str:
     path = getattr(task, "path", None)
     return f"shard {path}" if path else repr(task)[:200]
-
-
-def local_gpus(device: str | None) -> int:
-    """GPUs a local run on `device` uses: 0 for cpu (and for auto on a machine without an NVIDIA driver,
-    found without importing torch), 1 for cuda:N, every visible one for cuda (and auto with CUDA)."""
-    import os
-
-    if device is None or device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl")):
-        return 0
-    if device.startswith("cuda:"):
-        return 1
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def make_executor(config: ExecutorConfig, device: str | None = None) -> Executor:

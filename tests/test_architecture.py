@@ -20,10 +20,11 @@ WINGS = {
     "corpus": set(),
     "executors": set(),
     "extract": {"corpus", "executors"},
-    "train": {"corpus", "executors"},
+    "train": {"corpus", "executors"},  # never experiments: one run knows nothing of sweeps or run tables
+    "experiments": {"corpus", "executors", "train"},
     "interop": {"corpus"},
-    "api": {"corpus", "executors", "extract", "train"},
-    "cli": {"api", "corpus", "extract", "train", "interop"},
+    "api": {"corpus", "executors", "extract", "train", "experiments", "interop"},
+    "cli": {"api"},
 }
 
 
@@ -152,3 +153,11 @@ def test_dask_is_imported_in_one_module_only():
             if any(n.split(".")[0] in ("dask", "distributed") for n in names):
                 found.append(name)
     assert sorted(set(found)) == ["pipeline.executors"], sorted(set(found))
+
+
+def test_train_wing_holds_training_only():
+    """pipeline/train/ is one run (at most 11 modules); sweeps, run tables, compare, the cross-run figure and the
+    reference scores are pipeline/experiments/, which imports train, never the reverse (WINGS)."""
+    mods = sorted(p.stem for p in (ROOT / "pipeline" / "train").glob("*.py") if p.stem != "__init__")
+    assert len(mods) <= 11, mods
+    assert "train" in WINGS["experiments"] and "experiments" not in WINGS["train"]

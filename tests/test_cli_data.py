@@ -103,3 +103,20 @@ def test_help_shows_switches_without_a_type():
         assert res.returncode == 0, res.stderr
         assert "<bool>" not in res.stdout, (cmd, res.stdout)
         assert "--help" in res.stdout
+
+
+def test_command_strings_come_from_one_place():
+    """common/commands.py builds every quoted command; corpus/hints.py adds the recipe, read from the registry."""
+    from mer_pipe.common.commands import command, features_command
+    from mer_pipe.pipeline.corpus.hints import corpus_recipes, prepare_command
+    from mer_pipe.pipeline.corpus.recipes import RECIPES
+
+    assert command("cache", "gc", yes=True, grace=None, dry=False) == "mer-pipe cache gc --yes"
+    assert command("features", dataset="d", retry_failed=True, cache_dir="/c") == \
+        "mer-pipe features --dataset d --retry-failed --cache-dir /c"
+    assert features_command("d", "t", "/c") == "mer-pipe features --dataset d --only t --cache-dir /c"
+    assert features_command("d") == "mer-pipe features --dataset d"
+    assert corpus_recipes() == [n for n in RECIPES.names() if RECIPES.get(n).labels] and "meld" in corpus_recipes()
+    assert prepare_command("meld") == "mer-pipe prepare meld --root CORPUS_DIR --name meld"
+    assert prepare_command("manifest", cache_dir="/c") == "mer-pipe prepare RECIPE --root CORPUS_DIR --name manifest --cache-dir /c"
+    assert prepare_command("x", recipe="iemocap", root="/r") == "mer-pipe prepare iemocap --root /r --name x"

@@ -42,6 +42,20 @@ def test_unknown_model_lists_the_choices(capsys):
     assert "gpt5" in err
 
 
+def test_model_names_in_help_come_from_the_registry(capsys):
+    """Help texts list the models read from the model modules' source (no torch import); that list is the
+    populated registry's, so a new model file needs no edit elsewhere."""
+    from mer_pipe.models import _all  # noqa: F401
+    from mer_pipe.models.registry import MODELS
+    from mer_pipe.pipeline import api
+
+    assert api.names("model") == MODELS.names()
+    for argv in (["train", "--help"], ["sweep", "--help"]):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0
+        assert all(name in " ".join(out.split()) for name in MODELS.names()), argv
+
+
 def test_missing_features_names_the_features_command(cache, tmp_path, capsys):
     from mer_pipe.pipeline.corpus.prepare import prepare
 

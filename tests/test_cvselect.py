@@ -1,4 +1,4 @@
-"""Selection by cross-validation over the training dialogues (pipeline/train/cvselect.py, `sweep --select-on cvK`).
+"""Selection by cross-validation over the training dialogues (pipeline/experiments/cvselect.py, `sweep --select-on cvK`).
 
 The dataset is written straight into a cache (as tests/test_sweep.py does): two feature sets for modality t, in
 lock slots `t` and `t_alt`. `t` carries the label on train and test and is noise on dev; `t_alt` carries it only
@@ -65,7 +65,7 @@ def _cfg(slot: str, seeds=(0,)):
 
 def test_parse_select_on():
     from mer_pipe.common.errors import ConfigError
-    from mer_pipe.pipeline.train.cvselect import parse_select_on
+    from mer_pipe.pipeline.experiments.cvselect import parse_select_on
 
     assert parse_select_on("cv5") == (None, 5) and parse_select_on("cv") == (None, 5)
     assert parse_select_on("cv3") == (None, 3) and parse_select_on("dev") == ("dev", 0)
@@ -76,7 +76,7 @@ def test_parse_select_on():
 
 def test_folds_are_whole_training_dialogues_and_cover_train_once(cache):
     from mer_pipe.pipeline.corpus.manifest import load_dataset
-    from mer_pipe.pipeline.train.cvselect import cv_folds, train_only
+    from mer_pipe.pipeline.experiments.cvselect import cv_folds, train_only
     from mer_pipe.pipeline.train.data import load_corpus
 
     corpus = train_only(load_corpus(DATASET, ["t"], cache))
@@ -99,7 +99,7 @@ def test_folds_are_whole_training_dialogues_and_cover_train_once(cache):
 
 
 def test_cv_scores_never_read_dev_or_test_labels(cache, tmp_path):
-    from mer_pipe.pipeline.train.cvselect import cross_validate
+    from mer_pipe.pipeline.experiments.cvselect import cross_validate
 
     scrambled = scramble_dev_test_labels(cache, tmp_path / "scrambled")
     for slot in ("t", "t_alt"):

@@ -77,7 +77,8 @@ def test_one_worker_per_gpu_and_decode_threads(monkeypatch) -> None:
     import distributed
     import torch
 
-    from mer_pipe.pipeline.executors import local_gpus, worker_device
+    from mer_pipe.common.devices import local_gpus
+    from mer_pipe.pipeline.executors import worker_device
     from mer_pipe.pipeline.extract.overlap import OverlapConfig, decide, for_workers
 
     class Worker:

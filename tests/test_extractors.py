@@ -11,12 +11,25 @@ import yaml
 
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
 from mer_pipe.extractors import EXTRACTORS, build_extractor
-from mer_pipe.extractors.tiny import (ensure_tiny_swin, ensure_tiny_swin_timm, ensure_tiny_text,
-                                      ensure_tiny_wav2vec2)
+from mer_pipe.extractors.tiny import _ensure, ensure_tiny_swin, ensure_tiny_text, ensure_tiny_wav2vec2
 from mer_pipe.extractors.wav2vec2 import chunk_bounds
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
+
+
+def ensure_tiny_swin_timm(dir: str | Path) -> Path:
+    """The tiny Swin of extractors/tiny.py as a timm folder (`save_for_hf`: config.json with "architecture" and
+    "model_args", model.safetensors), loaded through timm's `local-dir:` path (only these tests use it)."""
+    def build(out: Path) -> None:
+        import timm
+        from timm.models import save_for_hf
+
+        kw = dict(img_size=64, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4)
+        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, **kw).eval()
+        save_for_hf(model, out, model_args=kw, safe_serialization=True)
+
+    return _ensure(dir, build, "tiny Swin (timm)")
 
 
 @pytest.fixture(scope="session")

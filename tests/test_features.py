@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from mer_pipe.cache.loading import load_table
+from mer_pipe.cache.store import FeatureStore
 from mer_pipe.common.errors import ConfigError, MediaError, ModelLoadError
 from mer_pipe.pipeline.executors import ExecutorConfig
 from mer_pipe.pipeline.extract.run import extract_features
-from mer_pipe.pipeline.extract.plan import make_plan, shard_bounds
+from mer_pipe.pipeline.extract.plan import make_plan, shard_bounds, write_new_specs
 from mer_pipe.pipeline.extract.presets import SlotSpec, parse_override, resolve_slots
 from mer_pipe.pipeline.extract.progress import reason_category
 
@@ -85,9 +86,13 @@ def test_second_run_submits_nothing_and_deleted_shard_is_the_only_one_recomputed
 
 def test_keys_ignore_run_settings_and_follow_config(fresh_cache):
     cache = fresh_cache
-    # the shard layout recorded in spec.json (written by the first plan) wins over a later --shard-size
+    # the shard layout recorded in spec.json (written once the run holds the set's lock) wins over a later
+    # --shard-size; planning itself writes nothing
     plan = make_plan(DATASET, slots(cache, "t"), cache_dir=cache, shard_size=5)
     assert plan.stages[0].shard_size == 5
+    spec_file = FeatureStore(cache).feature_dir(DATASET, plan.stages[0].extractor, plan.stages[0].key) / "spec.json"
+    assert not spec_file.exists() and plan.stages[0].new_spec
+    assert write_new_specs(plan) and spec_file.is_file()
     plan2 = make_plan(DATASET, slots(cache, "t"), cache_dir=cache, shard_size=50)
     assert plan2.stages[0].shard_size == 5 and len(plan2.tasks) == plan.stages[0].n_shards
     k1 = make_plan(DATASET, slots(cache, "t"), cache_dir=cache).stages[0].key

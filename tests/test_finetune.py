@@ -22,7 +22,8 @@ from mer_pipe.cache.store import FeatureStore
 from mer_pipe.common.errors import ConfigError
 from mer_pipe.pipeline.corpus.manifest import load_dataset
 from mer_pipe.pipeline.executors import ExecutorConfig
-from mer_pipe.pipeline.extract.finetune import format_plan, labels_digest, needed_stages
+from mer_pipe.pipeline.extract.finetune import labels_digest
+from mer_pipe.pipeline.extract.finetune_plan import format_plan, needed_stages
 from mer_pipe.pipeline.extract.plan import make_plan
 from mer_pipe.pipeline.extract.presets import resolve_slots
 from mer_pipe.pipeline.extract.run import extract_features

@@ -93,7 +93,7 @@ def _old_worker(cache: Path, slot: str, batch_size: int = 3, shard_size: int = 1
     from mer_pipe.pipeline.extract.overlap import decode_item
     from mer_pipe.pipeline.extract.plan import make_plan
     from mer_pipe.pipeline.extract.presets import resolve_slots
-    from mer_pipe.pipeline.extract.run import _work_order
+    from mer_pipe.pipeline.extract.shardrun import _work_order
 
     specs = resolve_slots("offline", only=slot, cache_root=cache)
     plan = make_plan(SYNTH_DATASET, specs, cache_dir=cache, shard_size=shard_size)
@@ -217,7 +217,7 @@ def test_decode_runs_while_the_encoder_works() -> None:
 
 
 def test_config_checks_and_pickles() -> None:
-    from mer_pipe.pipeline.extract.run import run_shard
+    from mer_pipe.pipeline.extract.shardrun import run_shard
 
     for bad in ({"decode_threads": 0}, {"prefetch": 0}, {"budget": 0.0}):
         with pytest.raises(ConfigError):

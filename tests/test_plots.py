@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from mer_pipe.pipeline.train.plots import format_mean_std, plot_confusion, plot_curves, plot_per_class_f1
+from mer_pipe.common.formatting import format_mean_std
+from mer_pipe.pipeline.train.plots import plot_confusion, plot_curves, plot_per_class_f1
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")

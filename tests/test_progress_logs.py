@@ -79,7 +79,7 @@ def test_line_bar_time_rule_and_override(monkeypatch):
 
 
 def test_sweep_lines_carry_rate_eta_and_best(monkeypatch):
-    from mer_pipe.pipeline.train.progress import RunTally
+    from mer_pipe.pipeline.experiments.sweep import RunTally
 
     tally = RunTally(3, "dev")
     ticks = iter([10.0, 20.0, 30.0])

@@ -16,7 +16,7 @@ def _metrics(test, dev, std=0.005):
     (0.20, "no better than predicting the most frequent class"),
 ])
 def test_the_verdict_follows_the_run(test, words):
-    from mer_pipe.pipeline.train.references import References, reading
+    from mer_pipe.pipeline.experiments.references import References, reading
 
     refs = References(single={"t": 0.66, "a": 0.70, "v": 0.68}, vote=0.80, majority=0.19, n_test=100)
     text = reading(_metrics(test, test + 0.05), refs)
@@ -26,7 +26,7 @@ def test_the_verdict_follows_the_run(test, words):
 
 
 def test_measured_on_the_cached_features(tmp_path_factory):
-    from mer_pipe.pipeline.train.references import measure
+    from mer_pipe.pipeline.experiments.references import measure
 
     torch.set_num_threads(1)
     cache = build_synth_features(tmp_path_factory.getbasetemp() / "synth-features")

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-from mer_pipe.pipeline.train.compare import compare_runs, noise_verdict, weighted_f1_batch
+from mer_pipe.pipeline.experiments.compare import compare_runs, noise_verdict, weighted_f1_batch
 from mer_pipe.pipeline.train.metrics import classification_metrics
 from mer_pipe.pipeline.train.report import summarize
-from mer_pipe.pipeline.train.runs import COLUMNS, RunRow, display_cells, load_runs, sort_rows
+from mer_pipe.pipeline.experiments.runs import COLUMNS, RunRow, display_cells, load_runs, sort_rows
 
 from conftest import run_cli
 

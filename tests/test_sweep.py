@@ -75,7 +75,7 @@ def _metrics(sweep_dir: Path) -> dict[tuple[str, int], dict]:
 
 
 def test_2x2_grid_x_2_seeds_writes_8_run_dirs_and_a_sweep_record(cache, tmp_path):
-    from mer_pipe.pipeline.train.runs import load_runs
+    from mer_pipe.pipeline.experiments.runs import load_runs
 
     res = _sweep(cache, tmp_path / "sw")
     dirs = _seed_dirs(res.sweep_dir)

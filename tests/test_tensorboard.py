@@ -75,7 +75,7 @@ def test_hparams_and_final_metrics(run_dir):
 def test_overwrite_replaces_the_curves(run_dir, tmp_path):
     import shutil
 
-    from mer_pipe.pipeline.train.tensorboard import RunBoard, flat_hparams
+    from mer_pipe.pipeline.train.progress import RunBoard, flat_hparams
 
     shutil.copytree(run_dir / "tensorboard", tmp_path / "tensorboard")
     board = RunBoard(tmp_path, {"model": "x"}, log=lambda s: None)  # what --overwrite does before training

@@ -16,7 +16,7 @@ from mer_pipe.common.errors import CacheError
 from mer_pipe.pipeline.train.data import iter_batches, load_corpus, make_view
 from mer_pipe.pipeline.train.evaluate import evaluate_run
 from mer_pipe.pipeline.train.protocols import KFOLD_WARNING, SELECT_ON_TEST_WARNING, make_folds
-from mer_pipe.pipeline.train.loop import fit, make_train_config
+from mer_pipe.pipeline.train.loop import TrainConfig, fit
 
 DATASET = "synth-meld"
 DIALOGUES = 40
@@ -30,6 +30,14 @@ SMALL = {
     "bigru": [],
 }
 FAST = ["trainer.lr=3e-3", "trainer.patience=0"]
+
+
+def make_train_config(model: str, overrides: dict | None = None) -> TrainConfig:
+    """TrainConfig defaults <- the model's `train_defaults` <- overrides (what `resolve_run_config` does)."""
+    from mer_pipe.models import _all  # noqa: F401  (every model registers itself)
+    from mer_pipe.models.registry import MODELS
+
+    return TrainConfig.from_dict({**getattr(MODELS.get(model), "train_defaults", {}), **(overrides or {})})
 
 
 def build_synth_features(base: Path) -> Path:

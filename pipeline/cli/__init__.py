@@ -1,5 +1,5 @@
-"""The front door: `mer-pipe COMMAND`. Commands live next to the code they drive; this file only
-composes them and turns every `MerPipeError` into one line on stderr and exit code 2."""
+"""The front door: `mer-pipe COMMAND`. Each module here parses one group of commands, calls pipeline/api.py and
+prints; this file only composes them and turns every `MerPipeError` into one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import functools
@@ -37,8 +37,8 @@ app = typer.Typer(
 
 
 def _compose() -> None:
-    # Each module defines plain typer command functions and imports its heavy dependencies inside them,
-    # so `mer-pipe --help` stays fast.
+    # Each module defines plain typer command functions over pipeline/api.py, which imports the heavy modules
+    # inside its functions, so `mer-pipe --help` stays fast (tests/test_architecture.py checks it imports no torch).
     if app.registered_commands:
         return
     from . import data as commands_data, features as commands_features, train as commands_train
@@ -46,10 +46,10 @@ def _compose() -> None:
     app.command("synth")(commands_data.synth)
     app.command("prepare")(commands_data.prepare)
     app.command("features")(commands_features.features)
-    from . import interop as commands_interop
+    from . import cache as commands_cache, interop as commands_interop
 
-    commands_features.cache_app.command("export")(commands_interop.cache_export)
-    app.add_typer(commands_features.cache_app, name="cache")
+    commands_cache.cache_app.command("export")(commands_interop.cache_export)
+    app.add_typer(commands_cache.cache_app, name="cache")
     app.command("train")(commands_train.train)
     app.command("evaluate")(commands_train.evaluate)
     app.command("demo")(commands_train.demo)

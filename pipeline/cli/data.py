@@ -1,7 +1,7 @@
-"""`mer-pipe synth` and `mer-pipe prepare`: typer command functions (registered in pipeline/cli.py).
+"""`mer-pipe synth` and `mer-pipe prepare`: typer command functions (registered in pipeline/cli/__init__.py).
 
-Options default to None so the defaults stay in one place (synth/__init__.py, prepare.py).
-Heavy imports happen inside the functions to keep `mer-pipe --help` fast.
+Options default to None so the defaults stay in one place (synth/__init__.py, prepare.py). Each command parses,
+calls pipeline/api.py and prints; recipe names come from the registries.
 """
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import ConfigError
+from mer_pipe.pipeline import api
+
+from .cache import CACHE_HELP
+
+IMPORTERS = ("pickle", "parquet")  # prepare RECIPEs that import features too (pipeline/cli/interop.py)
+RECIPE_HELP = (f"Corpus recipe: {', '.join(api.names('recipe'))} (manifest: your own JSONL), pickle (a published ERC"
+               " feature pickle: DialogueRNN/MMGCN/COSMIC) or parquet (a `cache export --format parquet` file);"
+               " docs/interop.md.")
 
 
 def synth(
-    recipe: Annotated[Optional[str], typer.Argument(help="Corpus layout to synthesise: meld (MELD.Raw) or iemocap (IEMOCAP_full_release).")] = None,
+    recipe: Annotated[Optional[str], typer.Argument(help=f"Corpus to synthesise, in its recipe's folder layout: {' or '.join(api.names('synth'))}.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="New or empty folder to write the corpus into (required).")] = None,
     dialogues: Annotated[Optional[int], typer.Option(help="Number of dialogues over train/dev/test (default 20, at least 3).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same corpus (default 0).")] = None,
@@ -23,31 +32,28 @@ def synth(
     faults: Annotated[bool, typer.Option("--faults", help="Plant real-corpus faults (missing/truncated/audio-less/orphan clips, a malformed row) listed in faults.json.")] = False,
 ) -> None:
     """Write a miniature corpus with planted, label-dependent text/audio/video cues (for tests and the demo)."""
-    from mer_pipe.pipeline.corpus.synth import SYNTH_RECIPES, synthesize
-
     # required values are checked here, not by click, so a miss is one MerPipeError line like every other error
     if recipe is None:
-        raise ConfigError(f"mer-pipe synth needs a RECIPE; choose one of: {', '.join(SYNTH_RECIPES)}")
+        raise ConfigError(f"{command('synth')} needs a RECIPE; choose one of: {', '.join(api.names('synth'))}")
     if out is None:
-        raise ConfigError(f"mer-pipe synth {recipe} needs --out DIR (a new or empty folder for the corpus)")
-    res = synthesize(recipe, out, dialogues=dialogues, seed=seed, text_from=text_from, faults=faults)
+        raise ConfigError(f"{command('synth', recipe)} needs --out DIR (a new or empty folder for the corpus)")
+    res = api.synth(recipe, out, dialogues=dialogues, seed=seed, text_from=text_from, faults=faults)
     typer.echo(f"{res.recipe}: {res.dialogues} dialogues, {res.utterances} annotated utterances in {res.root}")
     for f in res.faults:
         typer.echo(f"  planted {f['kind']}: {f['id']} ({f['path']}, found by {f['detect']})")
-    typer.echo(f"next: mer-pipe prepare {res.recipe} --root {res.root} --name synth-{res.recipe}")
+    typer.echo(f"next: {command('prepare', res.recipe, root=res.root, name=f'synth-{res.recipe}')}")
 
 
 def prepare(
-    recipe: Annotated[Optional[str], typer.Argument(help="Corpus recipe: meld, iemocap, manifest (your own JSONL), pickle (a published ERC"
-        " feature pickle: DialogueRNN/MMGCN/COSMIC) or parquet (a `cache export --format parquet` file); docs/interop.md.")] = None,
+    recipe: Annotated[Optional[str], typer.Argument(help=RECIPE_HELP)] = None,
     root: Annotated[Optional[Path], typer.Option(help="Corpus folder (MELD.Raw, IEMOCAP_full_release, or the base of the paths in --manifest); for pickle, the .pkl file;"
         " for parquet, the .parquet file or a folder of them.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Dataset name in the cache (default: the recipe name).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=CACHE_HELP)] = None,
     manifest: Annotated[Optional[Path], typer.Option(help="JSONL manifest for the 'manifest' recipe (schema in docs/contracts.md).")] = None,
     probe: Annotated[bool, typer.Option("--probe", help="Decode every media file to report undecodable, truncated or audio-less clips (slow on the full corpus).")] = False,
     allow_outside_root: Annotated[bool, typer.Option("--allow-outside-root", help="Accept manifest media paths that leave --root (.. or absolute paths elsewhere).")] = False,
-    layout: Annotated[Optional[str], typer.Option(help="pickle only: mmgcn-iemocap, mmgcn-meld, dialoguernn-meld, cosmic-iemocap or cosmic-meld (default: detected).")] = None,
+    layout: Annotated[Optional[str], typer.Option(help=f"pickle only: {', '.join(api.names('layout'))} (default: detected).")] = None,
     train_utterances: Annotated[Optional[int], typer.Option("--train-utterances", help="Keep about N training utterances,"
         " in whole dialogues chosen with --subset-seed (dev and test untouched; recorded in dataset.json), e.g. --name"
         " meld-5k --train-utterances 5000.")] = None,
@@ -55,11 +61,9 @@ def prepare(
 ) -> None:
     """Read a corpus into a validated manifest in the cache and print what was found and what is wrong."""
     if name is not None:  # every recipe: refused before any work
-        from mer_pipe.pipeline.corpus.hints import check_dataset_name
-
-        check_dataset_name(name)
-    if (train_utterances is not None or subset_seed is not None) and recipe in ("pickle", "parquet"):
-        raise ConfigError(f"--train-utterances / --subset-seed work with the corpus recipes (meld, iemocap, manifest), "
+        api.check_dataset_name(name)
+    if (train_utterances is not None or subset_seed is not None) and recipe in IMPORTERS:
+        raise ConfigError(f"--train-utterances / --subset-seed work with the corpus recipes ({', '.join(api.names('recipe'))}), "
                           f"not {recipe}; drop them")
     if recipe == "pickle":  # a feature pickle: manifest plus locked feature sets (pipeline/interop)
         from .interop import prepare_pickle
@@ -71,16 +75,10 @@ def prepare(
 
         prepare_parquet(root, name=name, cache_dir=cache_dir)
         return
-    from mer_pipe.pipeline.api import prepare as run_prepare
-    from mer_pipe.pipeline.corpus.manifest import dataset_dir
-    from mer_pipe.pipeline.corpus.recipes import RECIPES
-
     if recipe is None:
-        raise ConfigError(f"mer-pipe prepare needs a RECIPE; choose one of: {', '.join(RECIPES.names())}")
-    report = run_prepare(recipe, root, name=name, cache_dir=cache_dir, manifest=manifest, probe=probe,
+        raise ConfigError(f"{command('prepare')} needs a RECIPE; choose one of: {', '.join(api.names('recipe'))}")
+    report = api.prepare(recipe, root, name=name, cache_dir=cache_dir, manifest=manifest, probe=probe,
                          allow_outside_root=allow_outside_root, train_utterances=train_utterances, subset_seed=subset_seed)
-    import json
-
-    info = json.loads((dataset_dir(report.name, cache_dir) / "dataset.json").read_text(encoding="utf-8"))
+    folder, info = api.dataset_info(report.name, cache_dir)
     typer.echo(report.summary(info["label_names"]))
-    typer.echo(f"wrote {dataset_dir(report.name, cache_dir)}/manifest.jsonl (+ dataset.json, prepare_report.json)")
+    typer.echo(f"wrote {folder}/manifest.jsonl (+ dataset.json, prepare_report.json)")

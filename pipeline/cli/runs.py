@@ -1,7 +1,8 @@
 """`mer-pipe runs [DIR...]` (a table of run dirs) and `mer-pipe runs compare A B` (typer functions; registered in
 pipeline/cli/__init__.py as the `runs` sub-app, whose default callback lists runs).
 
-Options default to None; the defaults live in pipeline/train/runs.py and compare.py.
+Options default to None; the defaults live in pipeline/experiments/runs.py and compare.py. Each command parses,
+calls pipeline/api.py and prints.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
+
+from mer_pipe.pipeline import api
 
 
 class _ListOrCompare(TyperGroup):
@@ -46,16 +49,10 @@ def runs(
     """Table of run dirs (dev/test W-F1 and accuracy, mean ± std over seeds), best dev W-F1 first; TEST! flags test selection."""
     if ctx.invoked_subcommand is not None:
         return
-    from mer_pipe.pipeline.train.runs import DEFAULT_SORT, HIGHER_IS_BETTER, format_rows, load_runs, sort_rows
-
-    column = sort or DEFAULT_SORT
-    rows = sort_rows(load_runs(dirs or [Path("runs")], model, dataset), column, reverse)
-    order = "best first" if (column in HIGHER_IS_BETTER) != reverse else ("ascending" if not reverse else "descending")
-    typer.echo(format_rows(rows, format_ or "table", f"{column}, {order}"))
+    text, rows = api.runs_table(dirs or (), model=model, dataset=dataset, sort=sort, reverse=reverse, fmt=format_)
+    typer.echo(text)
     if plot is not None:
-        from mer_pipe.pipeline.train.runs_plot import plot_runs
-
-        csv_path = plot_runs(rows, plot)
+        csv_path = api.plot_runs(rows, plot)
         typer.echo(f"wrote {plot} and {csv_path}", err=True)  # stderr: stdout stays parseable
 
 
@@ -67,13 +64,4 @@ def compare(
     seed: Annotated[int | None, typer.Option(help="Bootstrap random seed (default 0).")] = None,
 ) -> None:
     """Per-class test F1 of A and B, paired per-seed W-F1 difference, and whether it exceeds seed and utterance noise."""
-    from mer_pipe.pipeline.train.compare import (
-        DEFAULT_BOOTSTRAP_SEED,
-        DEFAULT_RESAMPLES,
-        compare_runs,
-        format_comparison,
-    )
-
-    c = compare_runs(a, b, resamples if resamples is not None else DEFAULT_RESAMPLES,
-                     seed if seed is not None else DEFAULT_BOOTSTRAP_SEED)
-    typer.echo(format_comparison(c))
+    typer.echo(api.format_comparison(api.compare_runs(a, b, resamples=resamples, seed=seed)))

@@ -1,6 +1,6 @@
 """`mer-pipe sweep` (a typer command function; pipeline/cli registers it).
 
-Options default to None: the defaults live in the configs and in pipeline/train/sweep.py. The command parses,
+Options default to None: the defaults live in the configs and in pipeline/experiments/sweep.py. The command parses,
 calls pipeline/api.py `sweep` and prints.
 """
 from __future__ import annotations
@@ -10,6 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from mer_pipe.common.devices import check_device
+from mer_pipe.pipeline import api
+
+from .cache import CACHE_HELP
+from .train import parse_slot_overrides
+
+MODEL_HELP = f"Model: {', '.join(api.names('model'))} (or a grid over 'model')."
 GRID_HELP = ("KEY=V1,V2 (repeatable; the product of all): model.KEY, trainer.KEY, model or modalities, e.g. --grid "
              "model.d=128,256 --grid trainer.lr=1e-4,5e-4. List values keep their brackets: model.hidden=[256],[512,256].")
 CONFIG_HELP = ("Sweep YAML: run-config keys (as train --print-config), set: [KEY=VALUE], grid: {KEY: [values]} or a "
@@ -17,7 +24,7 @@ CONFIG_HELP = ("Sweep YAML: run-config keys (as train --print-config), set: [KEY
 
 
 def sweep(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: ts-gcl, ar-iigcn, jv-icl, deepmsi-mer, mlp, bigru (or a grid over 'model').")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Prepared dataset name (mer-pipe prepare).")] = None,
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help=GRID_HELP)] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma list of seeds per config (default 0,1,2); selection uses the mean over them.")] = None,
@@ -37,16 +44,11 @@ def sweep(
     threads: Annotated[Optional[int], typer.Option(help="torch threads per run (default 1, serial too, so executors agree bit for bit); workers x threads <= cores.")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler, e.g. tcp://host:8786 (workers must see the cache and sweep dirs).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=CACHE_HELP)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the configs and the task count; train nothing.")] = False,
 ) -> None:
     """Train a grid of configs x seeds on an executor (serial, local dask cluster, or --scheduler); choose per model on
     dev; resume by rerunning the same command. Writes sweep.json, sweep.md and one run dir per (config, seed)."""
-    from mer_pipe.common.devices import check_device
-    from mer_pipe.pipeline import api
-
-    from .train import parse_slot_overrides
-
     check_device(device, remote=scheduler is not None)  # a --config file's device: api.sweep checks it
     res = api.sweep(model, dataset, grid=grid or (), config_file=config, sets=set_ or (), modalities=modalities,
                     seeds=seeds, epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,

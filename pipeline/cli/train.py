@@ -10,8 +10,19 @@ from typing import Annotated, Optional
 
 import typer
 
+from mer_pipe.common.commands import command
+from mer_pipe.common.devices import check_device
+from mer_pipe.common.errors import ConfigError
+from mer_pipe.common.formatting import format_mean_std
+from mer_pipe.pipeline import api
+
+from .cache import CACHE_HELP
+
+MODEL_HELP = f"Model: {', '.join(api.names('model'))}."
+
+
 def train(
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: ts-gcl, ar-iigcn, jv-icl, deepmsi-mer, mlp, bigru.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help=MODEL_HELP)] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Prepared dataset name (mer-pipe prepare).")] = None,
     modalities: Annotated[Optional[str], typer.Option(help="Comma list of t,a,v (default: every modality with usable features).")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="Comma list of seeds (default 0,1,2); metrics are mean ± std over them.")] = None,
@@ -25,28 +36,22 @@ def train(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/DATASET-MODEL-TIME).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto (default), cpu, cuda or cuda:N.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default: $MER_PIPE_CACHE, else ~/.cache/mer-pipe).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help=CACHE_HELP)] = None,
     slot: Annotated[Optional[list[str]], typer.Option("--slot", help="Read a modality from another lock slot, e.g. a=a_w2v (repeatable).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (one line per finished seed).")] = False,
 ) -> None:
     """Train a model on cached features; writes config.yaml, metrics.json, predictions.csv, plots and checkpoint.pt."""
-    from mer_pipe.common.devices import check_device
-    from mer_pipe.pipeline import api
-    from mer_pipe.pipeline.train.runconfig import config_yaml
-
     cfg = api.train_config(model, dataset, config_file=config, sets=set_ or (), modalities=modalities, seeds=seeds,
                            epochs=epochs, protocol=protocol, select_on=select_on, device=device, profile=profile,
                            slots=parse_slot_overrides(slot))
     if print_config:
-        typer.echo(config_yaml(cfg), nl=False)
+        typer.echo(api.config_yaml(cfg), nl=False)
         return
     check_device(cfg.device)  # --device (or the --config file's) without a GPU: one line, before any work
     api.train(config=cfg, out=out, cache_dir=cache_dir, overwrite=overwrite, log=typer.echo, progress=not no_progress)
 
 
 def parse_slot_overrides(items: list[str] | None) -> dict[str, str]:
-    from mer_pipe.common.errors import ConfigError
-
     out = {}
     for item in items or ():
         m, sep, s = item.partition("=")
@@ -63,10 +68,6 @@ def evaluate(
 ) -> None:
     """Reload a run's checkpoint and features, re-score its test set and check the stored metrics are reproduced.
     Exit code 1 when they are not."""
-    from mer_pipe.common.devices import check_device
-    from mer_pipe.pipeline import api
-    from mer_pipe.pipeline.train.report import format_mean_std
-
     check_device(device)
 
     res = api.evaluate(run_dir, cache_dir=cache_dir, device=device, log=typer.echo)
@@ -75,7 +76,7 @@ def evaluate(
     if res["problems"]:  # corruption or tampering first: the files are not what training wrote
         more = f" (and {len(res['problems']) - 1} more above)" if len(res["problems"]) > 1 else ""
         typer.echo(f"mer-pipe: error: {run_dir} no longer holds what training wrote: {res['problems'][0]}{more}; "
-                   "restore the run dir from a copy or retrain with `mer-pipe train`", err=True)
+                   f"restore the run dir from a copy or retrain with `{command('train')}`", err=True)
         raise SystemExit(1)
     if not res["reproduced"]:
         why = ("the run's files match what training wrote, so the cause is a different device or library versions"
@@ -90,9 +91,6 @@ def demo(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu (default) or cuda.")] = None,
 ) -> None:
     """The whole pipeline offline in a few minutes: synthetic MELD-like corpus -> features -> train -> metrics."""
-    from mer_pipe.common.devices import check_device
-    from mer_pipe.pipeline import api
-
     check_device(device)  # before the corpus is synthesised
 
     api.demo(out if out is not None else Path("demo"), log=typer.echo, device=device or "cpu")

@@ -13,14 +13,13 @@ The data come from `cache/finetune_gap.py`; this module owns the wording and the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Mapping
+
+from mer_pipe.common.commands import command
+from mer_pipe.common.formatting import pct
 
 LEAK_GAP_POINTS = 10.0
 CROSSFIT_ADVICE = 5  # the fold count recommended in the message
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def describe(sf) -> str:
@@ -29,14 +28,14 @@ def describe(sf) -> str:
     tail = "" if gap is None else f" (gap {100 * gap:+.2f} points)"
     if sf.crossfit:
         what = (f"cross-fitted ({sf.crossfit} folds): training rows from the fold encoders that did not see them, "
-                f"out-of-fold W-F1 {_pct(sf.train_rows)}")
+                f"out-of-fold W-F1 {pct(sf.train_rows)}")
         inner = [f.train for f in sf.folds if f.train is not None]
         if inner:
-            what += f" (in-fold train {_pct(sum(inner) / len(inner))})"
+            what += f" (in-fold train {pct(sum(inner) / len(inner))})"
     else:
         ep = f", epoch {sf.all.best_epoch}/{sf.all.epochs}" if sf.all and sf.all.best_epoch is not None else ""
-        what = f"fine-tuned encoder{ep}: W-F1 on its training rows {_pct(sf.train_rows)}"
-    line = f"{sf.slot}: {what}, dev {_pct(sf.dev)}{tail}"
+        what = f"fine-tuned encoder{ep}: W-F1 on its training rows {pct(sf.train_rows)}"
+    line = f"{sf.slot}: {what}, dev {pct(sf.dev)}{tail}"
     if sf.missing:
         line += f"; no record for checkpoint(s) {', '.join(k[:8] for k in sf.missing)}"
     elif sf.train_rows is None:
@@ -52,19 +51,36 @@ def leaks(sf) -> bool:
 def warning(sf) -> str:
     """The one line `train` prints for a leaking slot."""
     return (f"mer-pipe: warning: slot {sf.slot}: the fine-tuned encoder scores {100 * sf.gap:.1f} W-F1 points higher on "
-            f"its training utterances than on dev ({_pct(sf.train_rows)} vs {_pct(sf.dev)}; threshold "
+            f"its training utterances than on dev ({pct(sf.train_rows)} vs {pct(sf.dev)}; threshold "
             f"{LEAK_GAP_POINTS:g}): downstream models will see memorised training features; cross-fit it "
-            f"(rerun the same `mer-pipe features` command with --set {sf.slot}.finetune.crossfit={CROSSFIT_ADVICE})")
+            f"(rerun the same `{command('features')}` command with --set {sf.slot}.finetune.crossfit={CROSSFIT_ADVICE})")
 
 
-def slot_reports(dataset: str, slots: Iterable[str], cache_dir: str | Path | None = None) -> list:
-    """SlotFinetune of every fine-tuned slot among `slots` (frozen and unknown slots are skipped)."""
-    from mer_pipe.cache.finetune_gap import slot_finetune
+def store_with_lock(root: str | Path, dataset: str, lock: Mapping[str, Any] | None):
+    """The feature store at `root`; given `lock` (the dataset's lock.json, already read by the caller) it answers
+    read_lock(dataset) from it, so a training run reads lock.json once (train/data.py loads its tables through
+    it) and a sweep once for all its configs. (A candidate for cache/store.py.)"""
     from mer_pipe.cache.store import FeatureStore
+
+    if lock is None:
+        return FeatureStore(root)
+
+    class _HeldLock(FeatureStore):
+        def read_lock(self, name: str) -> dict[str, dict[str, Any]]:
+            return dict(lock) if name == dataset else super().read_lock(name)
+
+    return _HeldLock(root)
+
+
+def slot_reports(dataset: str, slots: Iterable[str], cache_dir: str | Path | None = None, *,
+                 lock: Mapping[str, Any] | None = None) -> list:
+    """SlotFinetune of every fine-tuned slot among `slots` (frozen and unknown slots are skipped). `lock`: the
+    dataset's lock.json when the caller has read it already."""
+    from mer_pipe.cache.finetune_gap import slot_finetune
 
     from .manifest import cache_root
 
-    store = FeatureStore(cache_root(cache_dir))
+    store = store_with_lock(cache_root(cache_dir), dataset, lock)
     out = []
     for slot in dict.fromkeys(slots):
         sf = slot_finetune(store, dataset, slot)
@@ -73,9 +89,10 @@ def slot_reports(dataset: str, slots: Iterable[str], cache_dir: str | Path | Non
     return out
 
 
-def leak_warnings(dataset: str, slots: Iterable[str], cache_dir: str | Path | None = None) -> list[str]:
+def leak_warnings(dataset: str, slots: Iterable[str], cache_dir: str | Path | None = None, *,
+                  lock: Mapping[str, Any] | None = None) -> list[str]:
     """One warning line per plain fine-tuned slot among `slots` whose gap exceeds the threshold."""
-    return [warning(sf) for sf in slot_reports(dataset, slots, cache_dir) if leaks(sf)]
+    return [warning(sf) for sf in slot_reports(dataset, slots, cache_dir, lock=lock) if leaks(sf)]
 
 
-__all__ = ["LEAK_GAP_POINTS", "describe", "leak_warnings", "leaks", "slot_reports", "warning"]
+__all__ = ["LEAK_GAP_POINTS", "describe", "leak_warnings", "leaks", "slot_reports", "store_with_lock", "warning"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from mer_pipe.common.errors import ConfigError, MediaError
+from mer_pipe.common.devices import may_use_cuda
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,22 @@ class OverlapConfig:
     prefetch: int = 1
     budget: float | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # messages name the `features` options that set the fields
         if self.decode_threads is not None and self.decode_threads < 1:
-            raise ConfigError(f"decode_threads={self.decode_threads} must be >= 1")
+            raise ConfigError(f"--decode-threads {self.decode_threads}: give 1 or more threads per worker")
         if self.prefetch < 1:
             raise ConfigError(f"prefetch={self.prefetch} must be >= 1 (batches decoded ahead of the encoder)")
-        if self.budget is not None and not self.budget > 0:
-            raise ConfigError(f"budget={self.budget} must be > 0 (seconds of audio or frames of video per batch)")
+        if self.budget is not None and not 0 < self.budget < float("inf"):
+            raise ConfigError(f"--batch-budget {self.budget}: give seconds of audio / frames of video per batch, > 0")
+
+    @classmethod
+    def from_options(cls, overlap: str | None, decode_threads: int | None, budget: float | None) -> "OverlapConfig":
+        """From `features --overlap auto|on|off --decode-threads N --batch-budget X`."""
+        modes = {"auto": None, "on": True, "off": False, None: None}
+        if overlap not in modes:
+            raise ConfigError(f"--overlap {overlap!r}: choose auto (on CUDA, and for video on CPU when a core is idle), "
+                              "on or off")
+        return cls(enabled=modes[overlap], decode_threads=decode_threads, budget=budget)
 
 
 SERIAL = OverlapConfig(enabled=False)
@@ -81,7 +91,7 @@ def for_workers(config: OverlapConfig, device: str, workers: int, torch_threads:
     torch threads each (None: torch's own count in this process) on this machine's `cores`; `enabled` may
     stay None (CPU with an idle core), which `decide` settles per task by modality."""
     cores = cores or os.cpu_count() or 1
-    cuda = device.startswith("cuda") or (device == "auto" and os.path.exists("/dev/nvidiactl"))
+    cuda = may_use_cuda(device)
     busy = max(1, workers) * (torch_threads or _torch_threads(cores))
     # None stays None on CPU with an idle core: `decide` turns it on for the modalities that decode in parallel
     enabled = config.enabled if config.enabled is not None else (True if cuda else (None if busy < cores else False))

@@ -1,13 +1,37 @@
-"""Progress bar and run summary of a feature run (items, failures by reason, time, throughput, bytes)."""
+"""Progress bar and run summary of a feature run (items, failures by reason, time, throughput, bytes), the
+fine-tune's per-epoch step bar, and the one stderr writer and transformers silencer of the extract wing."""
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from mer_pipe.common.commands import command
 
 _PAREN = re.compile(r"\s*\(.*$")
 # More failed utterances than this share of a slot gets a warning; all of them fails the run.
 WARN_FAILED_SHARE = 0.05
+
+
+def stderr(msg: str) -> None:
+    """One line to stderr, as given (the default `log` of the fine-tune stage)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def notice(msg: str) -> None:
+    """One `mer-pipe: ...` line to stderr (the default `log` of a feature run)."""
+    stderr(f"mer-pipe: {msg}")
+
+
+def quiet_transformers() -> None:
+    """Switch off transformers' "Loading weights" / "Writing model shards" bars, which would shred the run's own
+    progress bar (from every worker) and the fine-tune's step bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
 
 
 def reason_category(reason: str) -> str:
@@ -46,6 +70,30 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class StepBar:
+    """One tqdm bar per fine-tune epoch over its optimiser steps (plain lines when not on a terminal)."""
+
+    def __init__(self, desc: str, epochs: int, enabled: bool) -> None:
+        self._bar, self._desc, self._epochs, self._enabled, self._epoch = None, desc, epochs, enabled, 0
+
+    def step(self, i: int, n: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None or i == 1:
+            self.close()
+            from mer_pipe.common.progress import progress_bar  # a bar on a terminal, else plain lines
+
+            self._epoch += 1
+            self._bar = progress_bar(n, unit="step", desc=f"{self._desc} ep {self._epoch}/{self._epochs}",
+                                     dynamic_ncols=True, smoothing=0.1)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 @dataclass
@@ -151,7 +199,7 @@ class RunSummary:
             if s.n_items and not s.all_failed and s.n_failed_total > WARN_FAILED_SHARE * s.n_items:
                 out.append(f"slot {','.join(s.slots)} ({s.extractor}): {s.n_failed_total} of {s.n_items} utterances "
                            f"({100 * s.n_failed_total / s.n_items:.1f}%) failed, more than {WARN_FAILED_SHARE:.0%}; "
-                           "the trainer masks them as missing. Check the corpus media (mer-pipe prepare ... --probe), "
+                           f"the trainer masks them as missing. Check the corpus media ({command('prepare', '...', probe=True)}), "
                            "then rerun with --retry-failed")
         return out
 
@@ -165,7 +213,7 @@ class RunSummary:
                              + ", ".join(f"{r}: {n}" for r, n in sorted(s.all_failures.items(), key=lambda kv: -kv[1])[:3])
                              + ")" for s in dead)
             raise MediaError(f"{what}; the slot was not locked (its shards are kept). Fix the media (is --root / the "
-                             "corpus complete? `mer-pipe prepare ... --probe` lists bad files), then rerun "
+                             f"corpus complete? `{command('prepare', '...', probe=True)}` lists bad files), then rerun "
                              "this command with --retry-failed")
 
     def format(self) -> str:

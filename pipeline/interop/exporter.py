@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mer_pipe.common.commands import features_command
 from mer_pipe.common.errors import CacheError, ConfigError, FeaturesMissing, ManifestError
 
 from .splits import FIXED_SENTIMENT, SENTIMENT_IDS, meld_global_id
@@ -74,7 +76,7 @@ def _features(store, dataset: str, slot: str, ids: list[str], digest: str) -> np
     try:
         table = load_table(store, dataset, slot, digest)
     except FeaturesMissing as exc:
-        raise CacheError(f"{exc.detail}; rebuild it with `mer-pipe features --dataset {dataset} --only {slot}`") from None
+        raise CacheError(f"{exc.detail}; rebuild it with `{features_command(dataset, slot)}`") from None
     if isinstance(table.values, np.ndarray):
         vals = table.values if table.values.ndim == 2 else table.values.mean(axis=1)
     else:
@@ -83,7 +85,7 @@ def _features(store, dataset: str, slot: str, ids: list[str], digest: str) -> np
     missing = [u for u in ids if u not in pos]
     if missing:
         raise CacheError(f"slot {slot!r} of {dataset!r} has no row for {missing[0]!r}; rebuild it with "
-                         f"`mer-pipe features --dataset {dataset} --only {slot}`")
+                         f"`{features_command(dataset, slot)}`")
     return np.ascontiguousarray(vals[[pos[u] for u in ids]], dtype=np.float32)
 
 
@@ -186,7 +188,7 @@ def export_dataset(dataset: str, fmt: str, out: str | Path, cache_dir: str | Pat
         have = ", ".join(sorted(store.read_lock(dataset))) or "none"
         raise CacheError(f"dataset {dataset!r} has no features for the {fmt} layout (needs slot "
                          f"{'t' if fmt == 'cosmic' else 't, a or v'}; locked: {have}); run "
-                         f"`mer-pipe features --dataset {dataset} --only t` first")
+                         f"`{features_command(dataset, 't')}` first")
     for s, arr in feats.items():
         if arr is None:
             fill = "repeats t" if fmt == "cosmic" else "holds zero-width rows"

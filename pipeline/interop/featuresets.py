@@ -10,23 +10,17 @@ from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
+from mer_pipe.cache import featureset
 from mer_pipe.cache.keys import feature_key
-from mer_pipe.cache.shard import basic_provenance, write_shard
-from mer_pipe.cache.store import SPEC_FILE, FeatureStore
+from mer_pipe.cache.shard import basic_provenance
+from mer_pipe.cache.store import FeatureStore
 
 from .layouts import FEATURE_SLOTS, Conversations
 
 EXTRACTOR = "pickle"
 IMPORT_VERSION = "1"
-SHARD_SIZE = 256
+SHARD_SIZE = featureset.DEFAULT_SHARD_SIZE
 MODALITY = {"t": "text", "a": "audio", "v": "video"}
-
-
-def _complete(store: FeatureStore, dataset: str, key: str, n_shards: int) -> bool:
-    if not (store.feature_dir(dataset, EXTRACTOR, key) / SPEC_FILE).is_file():
-        return False
-    spec = store.read_spec(dataset, EXTRACTOR, key)
-    return bool(spec.get("complete")) and len(store.existing_shards(dataset, EXTRACTOR, key, n_shards)) == n_shards
 
 
 def write_set(store: FeatureStore, dataset: str, config: dict[str, Any], modality: str, ids: list[str],
@@ -34,21 +28,13 @@ def write_set(store: FeatureStore, dataset: str, config: dict[str, Any], modalit
     """One complete feature set (skipped when already complete); returns its lock entry."""
     key = feature_key(EXTRACTOR, IMPORT_VERSION, config, digest)
     n, dim = values.shape
-    bounds = [(lo, min(lo + SHARD_SIZE, n)) for lo in range(0, max(n, 1), SHARD_SIZE)]
-    if not _complete(store, dataset, key, len(bounds)):
-        prov = {**basic_provenance(), "source": "mer-pipe prepare pickle"}
-        for i, (lo, hi) in enumerate(bounds):
-            attrs = {"key": key, "dataset": dataset, "extractor": EXTRACTOR, "stage": EXTRACTOR,
-                     "version": IMPORT_VERSION, "shard_index": i, "n_shards": len(bounds), "start": lo,
-                     "config": config, "provenance": prov}
-            write_shard(store.shard_path(dataset, EXTRACTOR, key, i, len(bounds)), ids[lo:hi], list(values[lo:hi]),
-                        {}, dtype="float32", attrs=attrs, layout="pooled", dim=dim)
-        store.write_spec(dataset, EXTRACTOR, key, {
-            "stage": EXTRACTOR, "extractor": EXTRACTOR, "version": IMPORT_VERSION, "modality": modality,
-            "config": config, "manifest_digest": digest, "n_utterances": n, "shard_size": SHARD_SIZE,
-            "n_shards": len(bounds), "dataset": dataset, "key": key, "dim": dim, "layout": "pooled",
-            "failures": {}, "n_failed": 0, "complete": True, "provenance": prov})
-    return {"extractor": EXTRACTOR, "key": key, "dim": dim, "layout": "pooled"}
+    prov = {**basic_provenance(), "source": "mer-pipe prepare pickle"}
+    spec = featureset.set_spec(dataset, EXTRACTOR, key, version=IMPORT_VERSION, modality=modality, config=config,
+                               manifest_digest=digest, n_utterances=n, shard_size=SHARD_SIZE, dim=dim,
+                               layout="pooled", failures={}, n_failed=0, complete=True, provenance=prov)
+    if featureset.is_complete(store, dataset, EXTRACTOR, key, spec["n_shards"]):
+        return featureset.lock_entry(spec)
+    return featureset.write_set(store, spec, ids, values, {}, dim=dim, layout="pooled", provenance=prov)
 
 
 def write_imported_sets(store: FeatureStore, dataset: str, conv: Conversations, kept: list[Hashable],

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mer_pipe.common.commands import command, features_command
 from mer_pipe.common.errors import CacheError, ConfigError, FeaturesMissing, ManifestError
 
 METADATA_KEY = b"mer_pipe"
@@ -87,7 +88,7 @@ def export_parquet(dataset: str, out: str | Path, cache_dir: str | Path | None =
     unknown = [s for s in chosen if s not in lock]
     if unknown or not chosen:
         raise CacheError(f"dataset {dataset!r} has no locked features for slot(s) {', '.join(unknown) or 'any'} "
-                         f"(locked: {', '.join(sorted(lock)) or 'none'}); run `mer-pipe features --dataset {dataset}` first")
+                         f"(locked: {', '.join(sorted(lock)) or 'none'}); run `{features_command(dataset)}` first")
     ids = [u.id for u in utts]
     rows = [u.to_dict() for u in utts]
     cols: dict[str, Any] = {c: pa.array([r[c] for r in rows]) for c in BASE_COLUMNS
@@ -105,10 +106,10 @@ def export_parquet(dataset: str, out: str | Path, cache_dir: str | Path | None =
         try:
             table = load_table(store, dataset, slot, info["manifest_digest"])
         except FeaturesMissing as exc:
-            raise CacheError(f"{exc.detail}; rebuild it with `mer-pipe features --dataset {dataset} --only {slot}`") from None
+            raise CacheError(f"{exc.detail}; rebuild it with `{features_command(dataset, slot)}`") from None
         if table.ids != ids:
             raise CacheError(f"slot {slot!r} of {dataset!r} is not in manifest order; re-extract it with "
-                             f"`mer-pipe features --dataset {dataset} --only {slot}`")
+                             f"`{features_command(dataset, slot)}`")
         arrays = _rows_of(table, len(ids))
         depth = 1 if table.layout == "pooled" else 2
         col, vcol, rcol = slot_columns(slot)
@@ -143,7 +144,7 @@ def parquet_files(root: str | Path) -> list[Path]:
         files = sorted(f for f in p.rglob("*.parquet") if f.is_file()
                        and not any(part.startswith(".") for part in f.relative_to(p).parts))  # e.g. hf's .cache/
         if not files:
-            raise ConfigError(f"--root {p} holds no *.parquet file; give the file `mer-pipe cache export --format parquet` wrote")
+            raise ConfigError(f"--root {p} holds no *.parquet file; give the file `{command('cache', 'export', format='parquet')}` wrote")
         return files
     if not p.is_file():
         raise ConfigError(f"--root {p} does not exist; give a Parquet file or a folder of them")
@@ -152,7 +153,7 @@ def parquet_files(root: str | Path) -> list[Path]:
 
 def _bad(path: Any, what: str) -> ManifestError:
     return ManifestError(f"{path}: {what}; it is not a mer-pipe Parquet export (write one with "
-                         "`mer-pipe cache export --format parquet`)")
+                         f"`{command('cache', 'export', format='parquet')}`)")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -10,48 +10,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mer_pipe.common.errors import ConfigError, ManifestError
+from mer_pipe.common.errors import CacheError, ConfigError, ManifestError
 from mer_pipe.common.files import write_json_atomic
 from mer_pipe.pipeline.corpus.manifest import dataset_dir, manifest_digest, validate_utterances, write_manifest
 from mer_pipe.pipeline.corpus.prepare import PrepareReport
 
 from .importer import ImportResult, default_name
 
+
 def _write_parquet_set(store: Any, name: str, slot: str, meta_slot: dict[str, Any], data: dict[str, Any],
                        ids: list[str], digest: str, source: dict[str, Any]) -> dict[str, Any]:
     """One feature set under the exported key (extractor/key/spec as the source store had them); skipped when
     already complete. Returns the lock entry."""
-    from mer_pipe.cache.shard import write_shard
-    from mer_pipe.cache.store import SPEC_FILE
+    from mer_pipe.cache import featureset
 
     from .featuresets import SHARD_SIZE
 
-    lock, spec = meta_slot["lock"], meta_slot["spec"]
+    lock, spec = meta_slot["lock"], dict(meta_slot["spec"])
     extractor, key, dim = str(lock["extractor"]), str(lock["key"]), int(lock["dim"])
     n = len(ids)
-    bounds = [(lo, min(lo + SHARD_SIZE, n)) for lo in range(0, max(n, 1), SHARD_SIZE)]
-    spec_path = store.feature_dir(name, extractor, key) / SPEC_FILE
-    if spec_path.is_file() and store.read_spec(name, extractor, key).get("complete") and \
-            len(store.existing_shards(name, extractor, key, len(bounds))) == len(bounds):
-        return dict(lock)
-    layout = "ragged" if meta_slot["layout"] == "ragged" else None
-    arrays = data["arrays"]
-    prov = dict(spec.get("provenance") or {})
-    for i, (lo, hi) in enumerate(bounds):
-        attrs = {"key": key, "dataset": name, "extractor": extractor, "stage": spec["stage"], "version": spec["version"],
-                 "shard_index": i, "n_shards": len(bounds), "start": lo, "config": spec["config"], "provenance": prov}
-        if spec.get("upstream"):
-            attrs["upstream"] = spec["upstream"]
-        write_shard(store.shard_path(name, extractor, key, i, len(bounds)), ids[lo:hi], arrays[lo:hi],
-                    {u: data["reasons"][u] for u in ids[lo:hi] if u in data["reasons"]}, dtype="float32",
-                    attrs=attrs, layout=layout or meta_slot["layout"], dim=dim)
     failures: dict[str, int] = {}
     for reason in data["reasons"].values():
         failures[reason] = failures.get(reason, 0) + 1
-    store.write_spec(name, extractor, key, {
-        **spec, "dataset": name, "manifest_digest": digest, "n_utterances": n, "shard_size": SHARD_SIZE,
-        "n_shards": len(bounds), "failures": spec.get("failures", failures), "n_failed": len(data["reasons"]),
-        "complete": True, "imported_from": source})
+    for field, value in (("key", key), ("extractor", extractor)):  # as store.write_spec checks them
+        if spec.setdefault(field, value) != value:
+            raise CacheError(f"spec {field} {spec[field]!r} does not match the feature set {name}/{extractor}/{key}")
+    spec = {**spec, "dataset": name, "manifest_digest": digest, "n_utterances": n, "shard_size": SHARD_SIZE,
+            "n_shards": len(featureset.shard_bounds(n, SHARD_SIZE)), "failures": spec.get("failures", failures),
+            "n_failed": len(data["reasons"]), "complete": True, "imported_from": source}
+    if featureset.is_complete(store, name, extractor, key, spec["n_shards"]):
+        return dict(lock)
+    featureset.write_set(store, spec, ids, data["arrays"], data["reasons"], dim=dim, layout=meta_slot["layout"],
+                         provenance=spec.get("provenance") or {})
     return dict(lock)
 
 

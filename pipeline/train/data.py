@@ -12,17 +12,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError, ConfigError, FeaturesMissing
 from mer_pipe.common.modalities import MODALITIES, MODALITY_NAMES
 from mer_pipe.pipeline.corpus.hints import features_command, prepare_command
-POLARITY_IDS = {"negative": 0, "neutral": 1, "positive": 2}
-# models.md §2.4. Emotion name -> polarity ids it can carry. MELD surprise carries both; its
-# per-utterance polarity comes from the shipped sentiment label.
-LABEL_POLARITY: dict[str, tuple[int, ...]] = {
-    "neutral": (1,), "joy": (2,), "happy": (2,), "excited": (2,), "surprise": (0, 2),
-    "sadness": (0,), "sad": (0,), "anger": (0,), "angry": (0,), "disgust": (0,), "fear": (0,),
-    "frustrated": (0,),
-}
+from mer_pipe.pipeline.corpus.recipes.base import POLARITY_IDS
 
 
 @dataclass
@@ -67,21 +61,23 @@ def parse_slots(modalities: Sequence[str], slot_overrides: dict[str, str] | None
     return slots
 
 
-def _polarities(utts, class_names: Sequence[str]) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
-    """Per-utterance polarity ([U] int, -1 unknown) and per-class polarity sets for TaskInfo."""
+def _polarities(utts, class_names: Sequence[str], label_polarity: dict[str, tuple[int, ...]]
+                ) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
+    """Per-utterance polarity ([U] int, -1 unknown) and per-class polarity sets for TaskInfo; `label_polarity`
+    is the recipe's (label name -> polarity ids, corpus.recipes.label_polarity)."""
     pol = np.full(len(utts), -1, dtype=np.int64)
     seen: list[set[int]] = [set() for _ in class_names]
     for i, u in enumerate(utts):
         if u.sentiment is not None:  # MELD ships it: use it directly (models.md §2.4)
             pol[i] = POLARITY_IDS[u.sentiment]
-        elif u.label is not None and len(LABEL_POLARITY.get(u.label, ())) == 1:
-            pol[i] = LABEL_POLARITY[u.label][0]
+        elif u.label is not None and len(label_polarity.get(u.label, ())) == 1:
+            pol[i] = label_polarity[u.label][0]
         if pol[i] >= 0 and u.label_id is not None and u.label_id < len(seen):
             seen[u.label_id].add(int(pol[i]))
     class_pols = []
     for c, name in enumerate(class_names):
         # Known emotion names use the fixed map; other label sets fall back to what the data shows.
-        pols = LABEL_POLARITY.get(name) or tuple(sorted(seen[c])) or (0, 1, 2)
+        pols = label_polarity.get(name) or tuple(sorted(seen[c])) or (0, 1, 2)
         class_pols.append(tuple(pols))
     return pol, tuple(class_pols)
 
@@ -105,7 +101,7 @@ def _table_array(table, where: str) -> tuple[np.ndarray, np.ndarray]:
             else:
                 valid[i] = False
     if not valid.any():
-        raise CacheError(f"{where}: every utterance failed extraction; nothing to train on (see `mer-pipe cache ls`)")
+        raise CacheError(f"{where}: every utterance failed extraction; nothing to train on (see `{command('cache', 'ls')}`)")
     arr[~valid] = 0.0
     return arr, valid
 
@@ -132,7 +128,7 @@ def _lock_entry(dataset: str, m: str, slot: str, lock: dict, slots: dict[str, st
             f"modality {m!r}: the checkpoint was trained on feature key {expected_key} but lock slot "
             f"{slot!r} of dataset {dataset!r} now serves key {entry.get('key')} ({entry.get('extractor')}); "
             f"re-run `{features_command(dataset, slot, cache_dir)}` with the run's feature config so the lock "
-            f"serves {expected_key} again, or retrain with `mer-pipe train`"
+            f"serves {expected_key} again, or retrain with `{command('train')}`"
         )
     return entry
 
@@ -169,25 +165,30 @@ def _modality_tensors(store, dataset: str, slot: str, entry: dict, ids: list[str
 
 
 def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path | None = None,
-                slot_overrides: dict[str, str] | None = None, expected_keys: dict[str, str] | None = None) -> Corpus:
+                slot_overrides: dict[str, str] | None = None, expected_keys: dict[str, str] | None = None,
+                lock: dict[str, dict[str, Any]] | None = None) -> Corpus:
     """Load a prepared dataset and the features its lock serves for each modality.
 
     expected_keys: modality -> feature key a checkpoint was trained on; a different key in the lock
-    is refused (CacheError naming both keys and the fix).
+    is refused (CacheError naming both keys and the fix). lock: the dataset's lock.json when the caller has
+    read it already (runner.run_training reads it once per run).
     """
     import torch
 
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.models.batch import TaskInfo
 
+    from mer_pipe.pipeline.corpus.leak import store_with_lock
     from mer_pipe.pipeline.corpus.manifest import cache_root, load_dataset, manifest_digest
 
     info, utts = load_dataset(dataset, cache_dir)
     class_names = tuple(info.get("label_names") or [])
     if not class_names:
         raise CacheError(f"dataset {dataset!r}: dataset.json lists no label_names; rerun `{prepare_command(dataset, cache_dir=cache_dir)}`")
-    store = FeatureStore(cache_root(cache_dir))
-    lock = store.read_lock(dataset) or {}
+    if lock is None:
+        lock = FeatureStore(cache_root(cache_dir)).read_lock(dataset)
+    store = store_with_lock(cache_root(cache_dir), dataset, lock)  # load_table reads the lock from memory
+    lock = lock or {}
     slots = parse_slots(modalities, slot_overrides)
     ids = [u.id for u in utts]
     feats, frames, present, features = {}, {}, {}, {}
@@ -200,7 +201,9 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
                        "dim": int(feats[m].shape[1])}
 
     label = np.array([-1 if u.label_id is None else u.label_id for u in utts] + [-1], dtype=np.int64)
-    pol, class_pols = _polarities(utts, class_names)
+    from mer_pipe.pipeline.corpus.recipes import label_polarity
+
+    pol, class_pols = _polarities(utts, class_names, label_polarity(info.get("recipe")))
     speaker = np.array([u.speaker_idx for u in utts] + [0], dtype=np.int64)
     by_dia: dict[str, list[int]] = {}
     for i, u in enumerate(utts):

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError
 
 from .data import load_corpus, make_view
@@ -40,14 +41,15 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
 
     from .loop import TrainConfig, predict
 
-    tampered = checkpoint_changed(Path(run_dir))
+    met = _metrics_json(Path(run_dir))  # read once: the checksums and the record checks both use it
+    tampered = checkpoint_changed(Path(run_dir), met)
     try:
         ck = load_checkpoint(Path(run_dir))
     except CacheError as exc:
         if tampered:  # corruption or tampering first: the record says the file is not what training wrote
             raise CacheError(f"{tampered}; {exc}") from None
         raise
-    problems = ([tampered] if tampered else []) + record_problems(Path(run_dir), ck)
+    problems = ([tampered] if tampered else []) + record_problems(Path(run_dir), ck, met)
     if log:
         for p in problems:
             log(f"DIFFERS: {p}")
@@ -63,7 +65,7 @@ def evaluate_run(run_dir: str | Path, cache_dir: str | Path | None = None, devic
         raise CacheError(
             f"dataset {ck['dataset']!r} now has classes {list(corpus.class_names)} and feature widths "
             f"{corpus.task.in_dims}; the checkpoint in {run_dir} expects {list(task.class_names)} / {task.in_dims}; "
-            "re-prepare the dataset the run was trained on, or retrain with `mer-pipe train`"
+            f"re-prepare the dataset the run was trained on, or retrain with `{command('train')}`"
         )
     cfg = TrainConfig.from_dict(ck["trainer"])
     pos = corpus.index_of()
@@ -107,12 +109,12 @@ def _metrics_json(run_dir: Path) -> dict[str, Any] | None:
     return met if isinstance(met, dict) else None
 
 
-def checkpoint_changed(run_dir: Path) -> str | None:
-    """A sentence when checkpoint.pt's sha256 differs from the one metrics.json recorded (None when it matches
-    or nothing was recorded)."""
+def checkpoint_changed(run_dir: Path, met: dict[str, Any] | None) -> str | None:
+    """A sentence when checkpoint.pt's sha256 differs from the one metrics.json (`met`, None: unreadable)
+    recorded (None when it matches or nothing was recorded)."""
     from .runcheck import FILES_KEY, sha256_file
 
-    files = (_metrics_json(run_dir) or {}).get(FILES_KEY)
+    files = (met or {}).get(FILES_KEY)
     want = files.get("checkpoint.pt") if isinstance(files, dict) else None
     path = run_dir / "checkpoint.pt"
     if not isinstance(want, str) or not path.is_file() or sha256_file(path) == want:
@@ -121,15 +123,15 @@ def checkpoint_changed(run_dir: Path) -> str | None:
             "is corrupted or was replaced)")
 
 
-def record_problems(run_dir: Path, ck: dict[str, Any]) -> list[str]:
-    """metrics.json and predictions.csv against the checkpoint's record; one sentence per differing file."""
+def record_problems(run_dir: Path, ck: dict[str, Any], met: dict[str, Any] | None) -> list[str]:
+    """metrics.json (`met`, None: missing or unreadable) and predictions.csv against the checkpoint's record;
+    one sentence per differing file."""
     from .runcheck import DIGEST_KEY, metrics_difference, metrics_digest, predictions_difference
 
     rec = ck.get("record")
     if not isinstance(rec, dict):
         return []  # a run written before records existed: re-scoring is the only check
     problems = []
-    met = _metrics_json(run_dir)
     if met is None:
         problems.append("metrics.json: missing or unreadable; the checkpoint has the record of it")
     else:

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar, Literal
 import numpy as np
 
 from mer_pipe.common.config import Config
+from mer_pipe.common.training import autocast, lr_schedule, patience_ran_out
 
 from .data import Corpus, View, feature_stats, iter_batches
 from .metrics import class_counts, class_weights_from_counts, classification_metrics, focal_loss
@@ -30,7 +31,8 @@ class TrainConfig(Config):
     unit: batch whole dialogues (context models) or single utterances (N = 1); batch_size counts units.
     patience: epochs without a better selection-set weighted F1 before stopping (0 = never stop early).
     class_weights: weight the loss by 1/p_c from the training counts (AGF-IB habit).
-    amp: bfloat16 autocast on CUDA (ignored on CPU, where runs are deterministic for a seed).
+    amp: bfloat16 autocast on CUDA, ignored on CPU, where runs stay float32 and deterministic for a seed (the
+    "train" row of the precision rule in `common/training.py`).
     standardize: z-score every feature dimension with training-set statistics (stored with the weights).
     """
 
@@ -66,13 +68,6 @@ class TrainConfig(Config):
         self.require(0 <= self.focal_gamma <= 100, "focal_gamma", "must be in [0, 100]")
 
 
-def make_train_config(model: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """TrainConfig defaults <- the model's `train_defaults` <- overrides; unknown keys list the valid ones."""
-    from mer_pipe.models.registry import MODELS
-
-    return TrainConfig.from_dict({**getattr(MODELS.get(model), "train_defaults", {}), **(overrides or {})})
-
-
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     import torch
@@ -94,16 +89,6 @@ class Predictions:
     loss: float = float("nan")
 
 
-def _autocast(device: str, amp: bool):
-    import contextlib
-
-    import torch
-
-    if amp and device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def predict(model, corpus: Corpus, view: View, batch_size: int, device: str, amp: bool = True,
             stats: dict[str, Any] | None = None) -> Predictions:
     """Forward the view in a fixed order (no shuffling) so evaluation is reproducible."""
@@ -116,7 +101,7 @@ def predict(model, corpus: Corpus, view: View, batch_size: int, device: str, amp
         for batch, idx in iter_batches(corpus, view, batch_size, shuffle=False, stats=stats):
             sel = batch.mask & (batch.label >= 0)
             batch = batch.to(device)
-            with _autocast(device, amp):
+            with autocast(amp, device, "train"):
                 out = model(batch)
             logits = out.logits.float()[sel.to(device)]
             loss_sum += float(F.cross_entropy(logits, batch.label[sel.to(device)], reduction="sum")) if len(logits) else 0.0
@@ -165,22 +150,14 @@ def _make_optimizers(model, cfg: TrainConfig) -> tuple[dict[str, Any], list]:
 
 
 def _make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step LR schedule (cosine with linear warm-up) or per-epoch plateau on selection W-F1."""
+    """Per-step LR schedule (linear warm-up, then cosine or constant: `common.training.lr_schedule`) or per-epoch
+    plateau on selection W-F1."""
     import torch
 
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, cfg.patience // 3))
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = cfg.warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if cfg.scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return lr_schedule(opt, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
+                       "cosine" if cfg.scheduler == "cosine" else "none")
 
 
 @dataclass
@@ -240,7 +217,7 @@ def _train_epoch(run: _Run, corpus: Corpus, fold: Fold, cfg: TrainConfig, device
     for batch, _ in iter_batches(corpus, fold.train, cfg.batch_size, shuffle=True, generator=run.gen, stats=run.stats):
         batch = batch.to(device)
         model.before_step(batch, run.opts)
-        with _autocast(device, cfg.amp):
+        with autocast(cfg.amp, device, "train"):
             out = model(batch)
         sel = batch.mask & (batch.label >= 0)
         main = sum(_main_loss(lg[sel].float(), batch.label[sel], cfg, run.weight)  # per head with train_logits
@@ -273,7 +250,7 @@ def fit(model_name: str, model_config, corpus: Corpus, modalities: tuple[str, ..
     on_epoch receives each epoch's record (epoch, losses, dev_loss, dev W-F1/accuracy, seconds, best,
     stop) as it ends; the record with `stop` set says why training ended early."""
     run = _setup(model_name, model_config, corpus, modalities, fold, cfg, seed, device)
-    best, best_state, best_epoch, bad, history, stop = -1.0, None, -1, 0, [], ""
+    best, best_state, best_epoch, history, stop = -1.0, None, -1, [], ""
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         te = time.perf_counter()
@@ -284,11 +261,9 @@ def fit(model_name: str, model_config, corpus: Corpus, modalities: tuple[str, ..
         if cfg.scheduler == "plateau":
             run.sched.step(score)
         if score > best:
-            best, best_epoch, bad = score, epoch, 0
+            best, best_epoch = score, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
-        else:
-            bad += 1
-        if cfg.patience and bad >= cfg.patience and epoch + 1 < cfg.epochs:
+        if patience_ran_out(epoch + 1, best_epoch + 1, cfg.patience, cfg.epochs):  # 0-based epochs here
             stop = f"early stop: no better {fold.select_on} W-F1 for {cfg.patience} epochs (best {best:.4f} at epoch {best_epoch + 1})"
         rec = {"epoch": epoch, **losses, "dev_loss": p.loss, "dev_weighted_f1": score, "dev_accuracy": dev_m["accuracy"],
                "lr": run.opts["main"].param_groups[0]["lr"],

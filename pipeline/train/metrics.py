@@ -1,7 +1,8 @@
 """Classification metrics, class weights and the focal loss (models.md §1.3).
 
-Weighted F1 is `sklearn.metrics.f1_score(average="weighted")`; per-class numbers are the true per-class
-precision / recall / F1. `deepmsi_per_class_metrics` reproduces DeepMSI's non-standard per-class
+Weighted F1 and accuracy are `common.training`'s (`sklearn.metrics.f1_score(average="weighted")`, shared with the
+fine-tune stage), and so are class counts and weights (re-exported here); per-class numbers are the true
+per-class precision / recall / F1. `deepmsi_per_class_metrics` reproduces DeepMSI's non-standard per-class
 "Acc"/"F1" columns (recall and 2R/(1+R)) for reproduction checks only: never report it as per-class F1.
 """
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+
+from mer_pipe.common.training import accuracy, class_counts, class_weights_from_counts, weighted_f1
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict[str, Any]:
@@ -28,8 +31,8 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], class_n
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
         "n": int(y_true.size),
-        "accuracy": float((y_true == y_pred).mean()),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "accuracy": accuracy(y_true, y_pred),
+        "weighted_f1": weighted_f1(y_true, y_pred, labels),  # the fine-tune stage's score too (common/training.py)
         # sklearn's default macro: over the classes seen in gold or predictions (the usual convention).
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "per_class": {
@@ -60,26 +63,6 @@ def deepmsi_per_class_metrics(y_true: Sequence[int], y_pred: Sequence[int], clas
     return out
 
 
-def class_counts(labels: Sequence[int], n_classes: int) -> np.ndarray:
-    """[C] int64 counts of labels >= 0 (unlabelled -1 ignored)."""
-    y = np.asarray(labels, dtype=np.int64)
-    return np.bincount(y[y >= 0], minlength=n_classes)[:n_classes]
-
-
-def class_weights_from_counts(counts: Sequence[int]) -> np.ndarray:
-    """[C] float64 weights 1 / p_c with p_c the class proportion (the AGF-IB sibling-code vector).
-
-    A class with no training example gets weight 0 rather than infinity: it can never be a target.
-    """
-    c = np.asarray(counts, dtype=np.float64)
-    if c.sum() <= 0:
-        raise ValueError("class weights need at least one labelled training utterance")
-    p = c / c.sum()
-    with np.errstate(divide="ignore"):
-        w = np.where(p > 0, 1.0 / np.where(p > 0, p, 1.0), 0.0)
-    return w
-
-
 def focal_loss(logits, target, gamma: float = 2.0, weight=None):
     """Mean focal loss. logits [M, C], target [M] long; weight [C] optional class weights (alpha).
 
@@ -100,3 +83,7 @@ def aggregate(values: Sequence[float]) -> dict[str, float]:
     v = np.asarray(list(values), dtype=np.float64)
     return {"mean": float(v.mean()) if v.size else float("nan"),
             "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+
+
+__all__ = ["aggregate", "class_counts", "class_weights_from_counts", "classification_metrics",
+           "deepmsi_per_class_metrics", "focal_loss"]

@@ -12,16 +12,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mer_pipe.common.files import atomic_path
+from mer_pipe.common.formatting import format_mean_std  # the one rule (report.py and the CLI use it too)
 
 AUX_MARKERS = ("o", "s", "^", "v", "D", "x", "P", "*")
 DPI = 120
-
-
-def format_mean_std(mean: float, std: float, n: int, digits: int = 4) -> str:
-    """'0.6123 ± 0.0110' over n > 1 seeds; '0.6123' for a single seed (a std of one value means nothing)."""
-    if n is not None and n > 1:
-        return f"{mean:.{digits}f} ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}"
 
 
 def _pyplot():

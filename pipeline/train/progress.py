@@ -1,10 +1,33 @@
-"""Training progress: one bar over seeds x epochs with ETA, the current selection W-F1, the best so far,
+"""Training progress: what a run reports while it trains.
+
+The bar (`TrainProgress`): one bar over seeds x epochs with ETA, the current selection W-F1, the best so far,
 and the early-stop reason, plus one line per finished seed. Without a terminal the bar is plain lines
-(common/progress.py); with progress off only the per-seed lines. A `board` (tensorboard.RunBoard) gets the
-same start/epoch calls, and `close(metrics)` hands it the final metrics."""
+(common/progress.py); with progress off only the per-seed lines. A `board` (`RunBoard`, below) gets the
+same start/epoch calls, and `close(metrics)` hands it the final metrics.
+
+The TensorBoard event files (`RunBoard`), so `tensorboard --logdir runs/` watches a run or a sweep.
+
+Layout, under the run dir:
+    tensorboard/                   hparams (the resolved config's scalar fields) + final dev/test metrics
+    tensorboard/seed-<s>[-<fold>]/ per epoch: train/loss, train/loss_<part>, dev/weighted_f1, dev/accuracy,
+                                   dev/loss, lr (one TensorBoard run per fit, so seeds and configs overlay)
+
+The final metrics are the means over seeds from metrics.json (`final/dev_weighted_f1`, `final/test_weighted_f1`,
+accuracy and macro F1 too); they sit in the same run as the hparams, which is what the HParams view compares.
+Written with `torch.utils.tensorboard` (the `tensorboard` package); nothing here is read back by mer-pipe.
+
+No MLflow tracker: even `mlflow-skinny` 3.18 installs 20 packages here (fastapi, starlette, uvicorn, databricks-sdk,
+google-auth, cryptography, GitPython, opentelemetry x4, ...; the full `mlflow` adds SQLAlchemy/alembic, Flask and
+more), against TensorBoard's 7, for what the run dir (config.yaml, metrics.json, `mer-pipe runs`, `runs compare`)
+and TensorBoard's HParams view already give.
+A lab on MLflow can log a finished run dir with `mlflow.log_artifacts(run_dir)` and `mlflow.log_params` of the
+config in a few lines of its own.
+"""
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -62,23 +85,100 @@ class TrainProgress:
             self.board = None
 
 
-class RunTally:
-    """The facts of a sweep's per-run lines (plain lines, terminal or not): rate, ETA and the best score so far."""
 
-    def __init__(self, total: int, select_on: str) -> None:
-        import time
+# ---- TensorBoard event files -------------------------------------------------------------------------------
 
-        self.total, self.select_on, self.done, self.best = total, select_on, 0, None
-        self._t0, self._clock = time.perf_counter(), time.perf_counter
+SUBDIR = "tensorboard"
+FINAL_PARTS = ("dev", "test")
+FINAL_SCALARS = ("weighted_f1", "accuracy", "macro_f1")
+# Epoch-record keys (pipeline/train/loop.py `fit`) and their tags; loss parts (`loss_<name>`) go under train/.
+EPOCH_TAGS = {"train_loss": "train/loss", "dev_weighted_f1": "dev/weighted_f1", "dev_accuracy": "dev/accuracy",
+              "dev_loss": "dev/loss", "lr": "lr"}
 
-    def add(self, score: float | None) -> str:
-        """Count one finished run (score None = failed); returns '; 40.1 s/run, ETA 02:40, best dev W-F1 0.7012'."""
-        from mer_pipe.common.progress import hms
 
-        self.done += 1
-        if score is not None and (self.best is None or score > self.best):
-            self.best = score
-        per = (self._clock() - self._t0) / self.done
-        eta = f", ETA {hms(per * (self.total - self.done))}" if self.done < self.total else ""
-        best = f", best {self.select_on} W-F1 {self.best:.4f}" if self.best is not None else ""
-        return f"; {per:.1f} s/run{eta}{best}"
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """The scalar fields of a resolved config as TensorBoard hparams: nested sections become dotted names
+    (`trainer.lr`, `model_config.hidden`, `slots.a`), tuples of scalars a comma-joined string, None 'none'."""
+    out: dict[str, bool | int | float | str] = {}
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, f"{name}."))
+        elif isinstance(v, (list, tuple)):
+            if all(isinstance(x, (bool, int, float, str)) for x in v):
+                out[name] = ",".join(map(str, v))
+        elif v is None:
+            out[name] = "none"
+        elif isinstance(v, (bool, int, float, str)):
+            out[name] = v
+    return out
+
+
+def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """`final/<part>_<metric>` = the mean over seeds in metrics.json (report.summarize)."""
+    agg = metrics.get("aggregate", {})
+    return {f"final/{part}_{m}": float(agg[part][m]["mean"])
+            for part in FINAL_PARTS for m in FINAL_SCALARS if m in agg.get(part, {})}
+
+
+class RunBoard:
+    """Event-file writer of one run: `start(label)` opens a fit's writer, `epoch(rec)` logs an epoch record,
+    `finish(metrics)` writes hparams + final metrics and closes. An earlier run's `tensorboard/` in the same
+    dir (`--overwrite`) is removed first, so its curves do not mix with the new ones."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], log: Callable[[str], None] = print) -> None:
+        self.dir = Path(run_dir) / SUBDIR
+        self.config, self._fit, self._step = config, None, 0
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # tensorboard is a dependency; a broken install only loses the event files
+            log(f"no TensorBoard event files ({e}); reinstall with `pip install -c constraints.txt -e .`")
+            self._writer_cls = None
+            return
+        self._writer_cls = SummaryWriter
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    @property
+    def enabled(self) -> bool:
+        return self._writer_cls is not None
+
+    def start(self, label: str) -> None:
+        """A new fit (seed, fold): its own TensorBoard run `seed-<s>[-<fold>]`."""
+        self._close_fit()
+        if self.enabled:
+            self._fit = self._writer_cls(log_dir=str(self.dir / label.replace(" ", "-")))
+
+    def epoch(self, rec: dict[str, Any]) -> None:
+        """One epoch record of loop.fit; step = the epoch number counted from 1."""
+        if self._fit is None:
+            return
+        step = int(rec["epoch"]) + 1
+        for key, tag in EPOCH_TAGS.items():
+            if key in rec:
+                self._fit.add_scalar(tag, float(rec[key]), step)
+        for key, value in rec.items():
+            if key.startswith("loss_"):
+                self._fit.add_scalar(f"train/{key}", float(value), step)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """hparams + final metrics in `tensorboard/` (the HParams view's session for this run)."""
+        self._close_fit()
+        if not self.enabled or not metrics:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        values = final_metrics(metrics)
+        with self._writer_cls(log_dir=str(self.dir)) as w:
+            for summary in hparams(flat_hparams(self.config), values):
+                w.file_writer.add_summary(summary)
+            for tag, value in values.items():
+                w.add_scalar(tag, value, 0)
+
+    def close(self) -> None:
+        self._close_fit()
+
+    def _close_fit(self) -> None:
+        if self._fit is not None:
+            self._fit.close()
+            self._fit = None

@@ -102,19 +102,6 @@ def protocol_notes(protocol: str, select_on: str) -> list[str]:
     return notes
 
 
-def parse_seeds(spec: str | None, default: tuple[int, ...] = (0,)) -> tuple[int, ...]:
-    """'0,1,2' -> (0, 1, 2); '3' -> (3,)."""
-    if spec is None:
-        return default
-    try:
-        seeds = tuple(int(s) for s in str(spec).split(",") if s.strip())
-    except ValueError:
-        raise ConfigError(f"--seeds {spec!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {spec!r}: give distinct comma-separated integers, e.g. --seeds 0,1,2")
-    return seeds
-
-
 @dataclass
 class RunRecord:
     """One fitted model: which seed and fold, its FitResult and the fold's test utterance ids."""

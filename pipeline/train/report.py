@@ -13,7 +13,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError
+from mer_pipe.common.formatting import format_mean_std  # of an aggregate: mean ± std over seeds
 
 from .metrics import aggregate
 from .protocols import RunRecord
@@ -133,7 +135,7 @@ def yaml_block(data: dict[str, Any]) -> str:
 
     from mer_pipe.common.config import to_plain
 
-    return "# where the features came from (read by `mer-pipe evaluate`; ignored by --config)\n" + \
+    return f"# where the features came from (read by `{command('evaluate')}`; ignored by --config)\n" + \
         yaml.safe_dump(to_plain(data), sort_keys=False)
 
 
@@ -152,29 +154,22 @@ def write_figures(run_dir: Path, cfg, records: Sequence[RunRecord], metrics: dic
     plot_curves(run_dir / "curves.png", runs, model=cfg.model, dataset=cfg.dataset, select_on=cfg.select_on)
 
 
-def format_mean_std(agg: dict[str, float], digits: int = 4) -> str:
-    """'0.6123 ± 0.0110' over several seeds; one seed prints no ± (plots.format_mean_std)."""
-    from .plots import format_mean_std as fmt
-
-    return fmt(agg["mean"], agg.get("std", 0.0), agg.get("n", 2), digits)
-
-
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     """checkpoint.pt of a run dir, checked for the fields evaluate needs."""
     import torch
 
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
-        raise CacheError(f"{path} does not exist; pass a run directory written by `mer-pipe train` (it holds checkpoint.pt)")
+        raise CacheError(f"{path} does not exist; pass a run directory written by `{command('train')}` (it holds checkpoint.pt)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unpickling errors; all mean the same to the user
-        raise CacheError(f"{path} cannot be read ({type(exc).__name__}: {exc}); retrain with `mer-pipe train`") from None
+        raise CacheError(f"{path} cannot be read ({type(exc).__name__}: {exc}); retrain with `{command('train')}`") from None
     need = ("format", "model", "model_config", "trainer", "dataset", "modalities", "features", "task", "runs")
     missing = [k for k in need if k not in ck] if isinstance(ck, dict) else list(need)
     if missing or ck.get("format") != CHECKPOINT_FORMAT:
         raise CacheError(f"{path} is not a mer-pipe checkpoint of format {CHECKPOINT_FORMAT} (missing {missing}); "
-                         "retrain with `mer-pipe train`")
+                         f"retrain with `{command('train')}`")
     return ck
 
 

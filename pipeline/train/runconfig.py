@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.config import Config, deep_merge, parse_overrides, to_plain
 from mer_pipe.common.errors import ConfigError
 from mer_pipe.common.modalities import MODALITIES
@@ -99,7 +100,7 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
-    data = read_yaml_mapping(p, "a YAML written by `mer-pipe train --print-config`")
+    data = read_yaml_mapping(p, f"a YAML written by `{command('train', print_config=True)}`")
     unknown = sorted(set(data) - set(RUN_KEYS) - set(_IGNORED_KEYS))
     if unknown:
         raise ConfigError(f"--config {p}: unknown key(s) {unknown}; allowed: {list(RUN_KEYS)}")
@@ -122,7 +123,9 @@ def resolve_run_config(file_values: Mapping[str, Any], sets: Sequence[str] = (),
         if value is not None:
             values[key] = value
     if not values.get("model"):
-        raise ConfigError("--model is required; choose one of: ts-gcl, ar-iigcn, jv-icl, deepmsi-mer, mlp, bigru")
+        from mer_pipe.common.registry import declared_names
+
+        raise ConfigError(f"--model is required; choose one of: {', '.join(declared_names('mer_pipe.models', 'MODELS'))}")
     if not values.get("dataset"):
         raise ConfigError("--dataset is required (a prepared dataset name, e.g. meld or synth-meld)")
     from mer_pipe.models import _all  # noqa: F401  (torch is imported only after the cheap checks)

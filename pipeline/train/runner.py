@@ -8,10 +8,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError, ConfigError
 from mer_pipe.common.modalities import MODALITIES
 
@@ -58,26 +59,39 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
                           "or leave --out unset for a fresh timestamped run dir")
 
 
-def usable_modalities(dataset: str, cache_dir: Path, slots: dict[str, str]) -> tuple[str, ...]:
-    """Modalities whose lock slot is set (load_corpus then refuses a slot where every utterance failed)."""
+def read_lock(dataset: str, cache_dir: Path) -> dict[str, dict[str, Any]]:
+    """The dataset's lock.json (slot -> entry), read once per training run (or sweep) and handed along."""
     from mer_pipe.cache.store import FeatureStore
 
-    lock = FeatureStore(cache_dir).read_lock(dataset)
+    return FeatureStore(cache_dir).read_lock(dataset)
+
+
+def usable_modalities(dataset: str, cache_dir: Path, slots: dict[str, str],
+                      lock: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """Modalities whose lock slot is set (load_corpus then refuses a slot where every utterance failed)."""
+    lock = read_lock(dataset, cache_dir) if lock is None else lock
     return tuple(m for m in MODALITIES if slots.get(m, m) in lock)
 
 
-def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log) -> RunConfig:
+def check_dataset(dataset: str, cache_dir: Path) -> None:
+    """A dataset name (not a path) that is prepared in `cache_dir`, else a ConfigError / CacheError saying how."""
     from mer_pipe.pipeline.corpus.hints import check_dataset_name, prepare_command
     from mer_pipe.pipeline.corpus.manifest import dataset_dir
 
-    check_dataset_name(cfg.dataset, "--dataset", ": give the name the dataset was prepared under, not a path "
-                       f"(`mer-pipe cache ls --cache-dir {cache_dir}` lists them)")
-    if not (dataset_dir(cfg.dataset, cache_dir) / "dataset.json").is_file():
-        raise CacheError(f"dataset {cfg.dataset!r} is not prepared in {cache_dir}; run "
-                         f"`{prepare_command(cfg.dataset, cache_dir=cache_dir)}` first")
+    check_dataset_name(dataset, "--dataset", ": give the name the dataset was prepared under, not a path "
+                       f"(`{command('cache', 'ls', cache_dir=cache_dir)}` lists them)")
+    if not (dataset_dir(dataset, cache_dir) / "dataset.json").is_file():
+        raise CacheError(f"dataset {dataset!r} is not prepared in {cache_dir}; run "
+                         f"`{prepare_command(dataset, cache_dir=cache_dir)}` first")
+
+
+def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log, lock: Mapping[str, Any] | None = None) -> RunConfig:
+    """cfg with its modalities: as given, or every modality whose lock slot is set (`lock`: lock.json when the
+    caller has read it already)."""
+    check_dataset(cfg.dataset, cache_dir)
     if cfg.modalities:
         return cfg
-    mods = usable_modalities(cfg.dataset, cache_dir, cfg.slots)
+    mods = usable_modalities(cfg.dataset, cache_dir, cfg.slots, lock)
     if not mods:
         from mer_pipe.pipeline.corpus.hints import features_command
 
@@ -88,24 +102,30 @@ def resolve_modalities(cfg: RunConfig, cache_dir: Path, log: Log) -> RunConfig:
 
 
 def run_training(cfg: RunConfig, *, out: Path, cache_dir: Path, overwrite: bool = False, log: Log = print,
-                 progress: bool = True) -> TrainResult:
-    """Fit cfg.model on every seed (and fold) and write the run dir; see the module docstring."""
+                 progress: bool = True, leak_lines: Sequence[str] | None = None,
+                 lock: Mapping[str, Any] | None = None) -> TrainResult:
+    """Fit cfg.model on every seed (and fold) and write the run dir; see the module docstring. lock.json is read
+    once (`lock`: when the caller has read it). `leak_lines`: the leak warnings when the caller made them already
+    (a sweep, once for all its runs)."""
     from mer_pipe.common.devices import resolve_device
 
     from .data import load_corpus
     from .loop import fit
-    from .progress import TrainProgress
+    from .progress import RunBoard, TrainProgress
     from .report import format_summary, write_run
-    from .tensorboard import RunBoard
 
     check_out_dir(out, overwrite)
-    cfg = resolve_modalities(cfg, cache_dir, log)
-    from mer_pipe.pipeline.corpus.leak import leak_warnings  # memorised fine-tuned features (issue 19)
+    check_dataset(cfg.dataset, cache_dir)
+    lock = read_lock(cfg.dataset, cache_dir) if lock is None else dict(lock)
+    cfg = resolve_modalities(cfg, cache_dir, log, lock)
+    if leak_lines is None:
+        from mer_pipe.pipeline.corpus.leak import leak_warnings  # memorised fine-tuned features (issue 19)
 
-    for line in leak_warnings(cfg.dataset, [cfg.slots.get(m, m) for m in cfg.modalities], cache_dir):
+        leak_lines = leak_warnings(cfg.dataset, [cfg.slots.get(m, m) for m in cfg.modalities], cache_dir, lock=lock)
+    for line in leak_lines:
         log(line)
     device = resolve_device(cfg.device)
-    corpus = load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots)
+    corpus = load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots, lock=lock)
     folds = make_folds(corpus, cfg.protocol, cfg.select_on, cfg.trainer.unit)  # refuses empty splits up front
     notes = protocol_notes(cfg.protocol, cfg.select_on)
     if overwrite:  # the run being replaced no longer speaks for this dir; metrics.json comes back last, when complete

@@ -17,7 +17,7 @@ from pathlib import Path
 from mer_pipe.common.errors import ManifestError
 
 from ..manifest import Utterance
-from .base import Recipe
+from .base import NEGATIVE, NEUTRAL, POSITIVE, Recipe
 
 LABELS = ("happy", "sad", "neutral", "angry", "excited", "frustrated")
 CODES = {"hap": "happy", "sad": "sad", "neu": "neutral", "ang": "angry", "exc": "excited", "fru": "frustrated"}
@@ -170,4 +170,6 @@ def _collect_dialog(root: Path, sess: Path, dialog: str, split: str, report, pro
     return utts
 
 
-RECIPE = Recipe(name="iemocap", labels=LABELS, layout=LAYOUT, collect=collect)
+POLARITY = {"happy": (POSITIVE,), "sad": (NEGATIVE,), "neutral": (NEUTRAL,), "angry": (NEGATIVE,),
+            "excited": (POSITIVE,), "frustrated": (NEGATIVE,)}
+RECIPE = Recipe(name="iemocap", labels=LABELS, layout=LAYOUT, collect=collect, polarity=POLARITY)

@@ -18,7 +18,7 @@ from pathlib import Path
 from mer_pipe.common.errors import ManifestError
 
 from ..manifest import SENTIMENTS, Utterance
-from .base import Recipe
+from .base import NEGATIVE, NEUTRAL, POSITIVE, Recipe
 
 LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 CSV_NAMES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}
@@ -224,4 +224,6 @@ def _clip_key(name: str) -> tuple[int, int]:
     return (int(m.group(1)), int(m.group(2))) if m else (1 << 30, 0)
 
 
-RECIPE = Recipe(name="meld", labels=LABELS, layout=LAYOUT, collect=collect)
+POLARITY = {"neutral": (NEUTRAL,), "surprise": (NEGATIVE, POSITIVE), "fear": (NEGATIVE,), "sadness": (NEGATIVE,),
+            "joy": (POSITIVE,), "disgust": (NEGATIVE,), "anger": (NEGATIVE,)}
+RECIPE = Recipe(name="meld", labels=LABELS, layout=LAYOUT, collect=collect, polarity=POLARITY)

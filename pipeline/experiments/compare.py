@@ -11,11 +11,14 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from mer_pipe.common.commands import command
 from mer_pipe.common.errors import CacheError, ConfigError
 
-from .metrics import classification_metrics
+from mer_pipe.pipeline.train.metrics import classification_metrics
 from .runs import read_run
 
 DEFAULT_RESAMPLES = 2000
@@ -24,28 +27,29 @@ _CHUNK = 250  # resamples per vectorised block: bounds memory at ~CHUNK x uttera
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """A run's predictions.csv: class names (from the p_<class> columns) and seed -> id -> (gold, predicted)."""
+class PredictionsFile:
+    """A run's predictions.csv: class names (from the p_<class> columns) and seed -> id -> (gold, predicted).
+    (Not train.loop.Predictions, the arrays of one fit's view: this is the file of every seed, read back.)"""
 
     path: Path
     classes: tuple[str, ...]
     by_seed: dict[int, dict[str, tuple[int, int]]]
 
 
-def read_predictions(run_dir: Path) -> Predictions:
+def read_predictions(run_dir: Path) -> PredictionsFile:
     path = Path(run_dir) / "predictions.csv"
     if not path.is_file():
-        raise CacheError(f"{path} does not exist; compare needs run dirs written by `mer-pipe train`")
+        raise CacheError(f"{path} does not exist; compare needs run dirs written by `{command('train')}`")
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CacheError(f"{path} cannot be read ({type(exc).__name__}); rerun `mer-pipe train` for this run") from None
+        raise CacheError(f"{path} cannot be read ({type(exc).__name__}); rerun `{command('train')}` for this run") from None
     head = list(rows[0]) if rows else []
     missing = [c for c in ("seed", "id", "gold", "predicted") if c not in head]
     classes = tuple(c[2:] for c in head if c.startswith("p_"))
     if missing or not classes:
-        raise CacheError(f"{path} lacks columns {missing or ['p_<class>']}; rerun `mer-pipe train` for this run")
+        raise CacheError(f"{path} lacks columns {missing or ['p_<class>']}; rerun `{command('train')}` for this run")
     index = {c: i for i, c in enumerate(classes)}
     by_seed: dict[int, dict[str, tuple[int, int]]] = {}
     for n, r in enumerate(rows, start=2):
@@ -56,7 +60,7 @@ def read_predictions(run_dir: Path) -> Predictions:
         if r["id"] in by_seed.setdefault(seed, {}):
             raise CacheError(f"{path} line {n}: utterance {r['id']} appears twice for seed {seed}")
         by_seed[seed][r["id"]] = (gold, pred)
-    return Predictions(path, classes, by_seed)
+    return PredictionsFile(path, classes, by_seed)
 
 
 def weighted_f1_batch(gold: np.ndarray, pred: np.ndarray, idx: np.ndarray, n_classes: int) -> np.ndarray:
@@ -92,7 +96,7 @@ class Comparison:
     warnings: tuple[str, ...]
 
 
-def _check_same_test_set(pa: Predictions, pb: Predictions, seeds: list[int]) -> list[str]:
+def _check_same_test_set(pa: PredictionsFile, pb: PredictionsFile, seeds: list[int]) -> list[str]:
     """Sorted test ids, after refusing runs whose classes, test ids, gold labels or seed coverage differ."""
     if pa.classes != pb.classes:
         raise ConfigError(f"{pa.path} and {pb.path} have different classes ({list(pa.classes)} vs {list(pb.classes)}); "
@@ -106,7 +110,7 @@ def _check_same_test_set(pa: Predictions, pb: Predictions, seeds: list[int]) -> 
         for s in seeds:
             if len(p.by_seed[s]) != len(ids_a):
                 raise CacheError(f"{p.path}: seed {s} covers {len(p.by_seed[s])} of {len(ids_a)} test utterances; "
-                                 "the file is partial, rerun `mer-pipe train` for this run")
+                                 f"the file is partial, rerun `{command('train')}` for this run")
     ref = pa.by_seed[seeds[0]]
     bad = [i for p in (pa, pb) for s in seeds for i, (g, _) in p.by_seed[s].items() if g != ref[i][0]]
     if bad:
@@ -115,12 +119,12 @@ def _check_same_test_set(pa: Predictions, pb: Predictions, seeds: list[int]) -> 
     return sorted(ids_a)
 
 
-def _arrays(p: Predictions, seed: int, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(p: PredictionsFile, seed: int, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     gp = np.array([p.by_seed[seed][i] for i in ids], dtype=np.int64)
     return gp[:, 0], gp[:, 1]
 
 
-def _bootstrap(pa: Predictions, pb: Predictions, seeds: list[int], ids: list[str], resamples: int,
+def _bootstrap(pa: PredictionsFile, pb: PredictionsFile, seeds: list[int], ids: list[str], resamples: int,
                seed: int) -> np.ndarray:
     """[resamples] mean over seeds of W-F1(A) - W-F1(B), the same resampled ids for every seed and run."""
     rng, c, out = np.random.default_rng(seed), len(pa.classes), []
@@ -132,24 +136,33 @@ def _bootstrap(pa: Predictions, pb: Predictions, seeds: list[int], ids: list[str
     return np.concatenate(out)
 
 
-def _identity(run_dir: Path) -> tuple[str | None, str | None, dict[str, str]]:
-    """(dataset, manifest digest, modality -> 'extractor key') from metrics.json; None where it is not recorded."""
-    import json
-
-    try:
-        met = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, None, {}
+def _identity(met: dict[str, Any]) -> tuple[str | None, str | None, dict[str, str]]:
+    """(dataset, manifest digest, modality -> 'extractor key') from metrics.json's content (RunRow.metrics: {}
+    when unreadable); None where it is not recorded."""
     feats = met.get("features") if isinstance(met.get("features"), dict) else {}
     return (met.get("dataset"), met.get("manifest_digest"),
             {m: f"{f.get('extractor')} {f.get('key')}" for m, f in feats.items() if isinstance(f, dict)})
 
 
-def same_corpus(a_dir: Path, b_dir: Path) -> list[str]:
+def _metrics_json(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        met = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return met if isinstance(met, dict) else {}
+
+
+def same_corpus(a_dir: Path, b_dir: Path, met_a: dict[str, Any] | None = None,
+                met_b: dict[str, Any] | None = None) -> list[str]:
     """Comparable = the same utterances: equal manifest digests (ids, dialogues, order, text, media), whatever the
     datasets are called (frozen vs fine-tuned features of one corpus are prepared under two names). Refuses two
-    digests that differ, or two names without a recorded digest; returns notes naming the feature keys that differ."""
-    (da, ma, fa), (db, mb, fb) = _identity(a_dir), _identity(b_dir)
+    digests that differ, or two names without a recorded digest; returns notes naming the feature keys that differ.
+    `met_a` / `met_b`: the runs' metrics.json when the caller read them (read_run), else they are read here."""
+    met_a = _metrics_json(Path(a_dir)) if met_a is None else met_a
+    met_b = _metrics_json(Path(b_dir)) if met_b is None else met_b
+    (da, ma, fa), (db, mb, fb) = _identity(met_a), _identity(met_b)
     if ma and mb and ma != mb:
         raise ConfigError(f"{a_dir} and {b_dir} were trained on different manifests (digest {ma[:12]} vs {mb[:12]}): "
                           "the utterances differ in ids, text or media; compare runs of one prepared corpus")
@@ -185,7 +198,8 @@ def compare_runs(a_dir: Path, b_dir: Path, resamples: int = DEFAULT_RESAMPLES,
     if resamples < 1000:
         raise ConfigError(f"--resamples {resamples}: use at least 1000 for a stable 95% interval")
     ra, rb = read_run(Path(a_dir)), read_run(Path(b_dir))
-    corpus_notes = same_corpus(Path(a_dir), Path(b_dir))  # by manifest digest (test ids: _check_same_test_set)
+    corpus_notes = same_corpus(Path(a_dir), Path(b_dir), ra.metrics, rb.metrics)  # by manifest digest (test ids:
+    # _check_same_test_set); metrics.json read once per run, by read_run
     pa, pb = read_predictions(a_dir), read_predictions(b_dir)
     seeds = sorted(set(pa.by_seed) & set(pb.by_seed))
     if not seeds:
@@ -205,8 +219,8 @@ def compare_runs(a_dir: Path, b_dir: Path, resamples: int = DEFAULT_RESAMPLES,
     seed_std = max(float(np.std(list(w.values()), ddof=1)) if len(seeds) > 1 else 0.0 for w in (wa, wb))
     warnings = tuple(f"WARNING: {name} was selected on the test set; its test scores are optimistic"
                      for name, r in (("A", ra), ("B", rb)) if r.selection == "test")
-    warnings += tuple(f"WARNING: {name}'s files do not match what `mer-pipe train` wrote ({', '.join(r.problems)}); "
-                      "its numbers may not be the trained run's (corrupted or edited); `mer-pipe evaluate` it"
+    warnings += tuple(f"WARNING: {name}'s files do not match what `{command('train')}` wrote ({', '.join(r.problems)}); "
+                      f"its numbers may not be the trained run's (corrupted or edited); `{command('evaluate')}` it"
                       for name, r in (("A", ra), ("B", rb)) if r.problems)
     warnings += tuple(corpus_notes)
     warnings += tuple(f"note: seeds {sorted(set(p.by_seed) - set(seeds))} of {name} have no partner in the other "

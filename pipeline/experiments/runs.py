@@ -2,7 +2,7 @@
 
 A run dir is a folder holding metrics.json (report.write_run, which writes it last). A folder with config.yaml,
 predictions.csv or checkpoint.pt but no metrics.json is an incomplete run: it is listed with a note, never a
-traceback. A run whose files no longer match the checksums metrics.json recorded (runcheck.py) is noted MODIFIED. Fields that an
+traceback. A run whose files no longer match the checksums metrics.json recorded (train/runcheck.py) is noted MODIFIED. Fields that an
 older or interrupted run lacks are None: `-` in table and md, an empty cell in csv, null in json.
 Scores in csv/json are fractions (0..1); table and md show percent. A run selected on the test set has no dev
 score (its metrics.json "dev" part is the test set), so by default it ranks last, flagged TEST!.
@@ -20,9 +20,12 @@ from typing import Any
 
 import numpy as np
 import yaml
-from mer_pipe.common.errors import ConfigError
 
-from .runcheck import describe_problems, file_problems
+from mer_pipe.common.commands import command
+from mer_pipe.common.errors import ConfigError
+from mer_pipe.common.formatting import pct
+
+from mer_pipe.pipeline.train.runcheck import describe_problems, file_problems
 
 RUN_MARKERS = ("config.yaml", "predictions.csv", "checkpoint.pt")
 FORMATS = ("table", "csv", "md", "json")
@@ -61,9 +64,10 @@ class RunRow:
     note: str = ""
     config: dict[str, Any] = field(default_factory=dict, repr=False)  # config.yaml, not an output column
     problems: list[str] = field(default_factory=list, repr=False)  # files that no longer match their record
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)  # metrics.json ({} unreadable), read once
 
 
-COLUMNS = tuple(f.name for f in fields(RunRow) if f.name not in ("config", "problems"))
+COLUMNS = tuple(f.name for f in fields(RunRow) if f.name not in ("config", "problems", "metrics"))
 
 
 def _is_run_dir(d: Path) -> bool:
@@ -177,7 +181,7 @@ def read_run(path: Path, name: str | None = None) -> RunRow:
     met = _read(path / "metrics.json", json.loads, notes)
     if not (path / "metrics.json").is_file():
         notes.append("incomplete: no metrics.json (training unfinished, interrupted, or a write failed)")
-    row.config = cfg
+    row.config, row.metrics = cfg, met
     _describe(row, met, cfg)
     _score(row, met, notes)
     row.problems = file_problems(path, met) if met else []
@@ -199,7 +203,7 @@ def load_runs(dirs: Sequence[Path], model: str | None = None, dataset: str | Non
         found = find_run_dirs(Path(root))
         if not found:
             raise ConfigError(f"runs: no run directories (folders holding metrics.json) under {root}; "
-                              "pass the folder `mer-pipe train --out` wrote to")
+                              f"pass the folder `{command('train')} --out` wrote to")
         rows += [read_run(d, name) for d, name in found]
     return [r for r in rows if (models is None or r.model in models) and (datasets is None or r.dataset in datasets)]
 
@@ -212,12 +216,6 @@ def sort_rows(rows: Sequence[RunRow], column: str = DEFAULT_SORT, reverse: bool 
     have = [r for r in rows if getattr(r, column) is not None]
     have.sort(key=lambda r: getattr(r, column), reverse=descending)  # stable: ties keep discovery order
     return have + [r for r in rows if getattr(r, column) is None]
-
-
-def _pct(mean: float | None, std: float | None, n: int | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{100 * mean:.2f}" if std is None or not n or n < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def _seconds(s: float | None) -> str:
@@ -243,8 +241,8 @@ def display_cells(r: RunRow) -> dict[str, str]:
         "run": r.run, "model": dash(r.model), "dataset": dash(r.dataset), "mods": dash(r.modalities),
         "features": dash(r.features), "protocol": dash(r.protocol), "profile": dash(r.profile),
         "select": TEST_FLAG if r.selection == "test" else dash(r.selection), "seeds": dash(r.seeds),
-        "dev W-F1 %": _pct(r.dev_wf1, r.dev_wf1_std, r.n_seeds), "test W-F1 %": _pct(r.test_wf1, r.test_wf1_std, r.n_seeds),
-        "dev acc %": _pct(r.dev_acc, r.dev_acc_std, r.n_seeds), "test acc %": _pct(r.test_acc, r.test_acc_std, r.n_seeds),
+        "dev W-F1 %": pct(r.dev_wf1, r.dev_wf1_std, r.n_seeds), "test W-F1 %": pct(r.test_wf1, r.test_wf1_std, r.n_seeds),
+        "dev acc %": pct(r.dev_acc, r.dev_acc_std, r.n_seeds), "test acc %": pct(r.test_acc, r.test_acc_std, r.n_seeds),
         "epochs": _epochs(r), "wall": _seconds(r.wall_s), "note": dash(r.note.replace("|", "/")),
     }
 

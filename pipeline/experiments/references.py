@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mer_pipe.common.commands import command
 from mer_pipe.common.modalities import MODALITIES, MODALITY_NAMES as NAMES
 
 
@@ -95,7 +96,7 @@ def reading(metrics: dict, refs: References) -> str:
                    "seed noise, so this run does not show that the model fuses the modalities.")
     else:
         verdict = ("no better than predicting the most frequent class: the model learned nothing usable; check the "
-                   "features (`mer-pipe cache verify`) and the training curves.")
+                   f"features (`{command('cache', 'verify')}`) and the training curves.")
     if dev > test:
         tail = (f" Dev ({dev:.4f}) sits above test because the epoch and weights were selected on dev; test is "
                 "reported once, untouched.")

@@ -28,8 +28,8 @@ import numpy as np
 from mer_pipe.common.errors import ConfigError
 from mer_pipe.pipeline.corpus import folds
 
-from .data import Corpus, make_view
-from .protocols import Fold
+from mer_pipe.pipeline.train.data import Corpus, make_view
+from mer_pipe.pipeline.train.protocols import Fold
 
 CV_SEED = 0
 CV_FILE = "cv.json"
@@ -87,17 +87,17 @@ def cv_folds(corpus: Corpus, dialogue_of: dict[str, str], n_folds: int, unit: st
 
 
 def cross_validate(cfg: Any, n_folds: int, cache_dir: str | Path, *, device: str = "cpu", seed: int = CV_SEED,
-                   log: Log = lambda s: None) -> dict[str, Any]:
+                   log: Log = lambda s: None, lock: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mean held-out weighted F1 of `cfg` (a RunConfig) over K folds of the training dialogues, per seed and over
-    seeds. Never reads a dev or test label (see the module docstring)."""
+    seeds. Never reads a dev or test label (see the module docstring). `lock`: the dataset's lock.json, when read."""
     from mer_pipe.pipeline.corpus.manifest import load_dataset
 
-    from .data import load_corpus
-    from .loop import fit
-    from .metrics import aggregate
+    from mer_pipe.pipeline.train.data import load_corpus
+    from mer_pipe.pipeline.train.loop import fit
+    from mer_pipe.pipeline.train.metrics import aggregate
 
     t0 = time.perf_counter()
-    corpus = train_only(load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots))
+    corpus = train_only(load_corpus(cfg.dataset, cfg.modalities, cache_dir, cfg.slots, lock=lock))
     _, utts = load_dataset(cfg.dataset, cache_dir)
     dialogue_of = {u.id: u.dialogue_id for u in utts}
     folds, fold_of = cv_folds(corpus, dialogue_of, n_folds, cfg.trainer.unit, seed)
@@ -121,19 +121,19 @@ def cross_validate(cfg: Any, n_folds: int, cache_dir: str | Path, *, device: str
             "weighted_f1": aggregate(list(per_seed.values())), "seconds": time.perf_counter() - t0}
 
 
-def write_cv(out: Path, task_key: str, cfg: Any, n_folds: int, cache_dir: Path, device: str) -> None:
+def write_cv(out: Path, task_key: str, cfg: Any, n_folds: int, cache_dir: Path, device: str,
+             lock: dict[str, Any] | None = None) -> None:
     """A sweep task's CV record: `out/cv.json` = cross_validate(...) plus the task key it belongs to."""
     from mer_pipe.common.files import write_json_atomic
 
-    rec = cross_validate(cfg, n_folds, cache_dir, device=device)
+    rec = cross_validate(cfg, n_folds, cache_dir, device=device, lock=lock)
     write_json_atomic(out / CV_FILE, {"task_key": task_key, **rec}, sort_keys=False)
 
 
-def cv_notes(dataset: str, n_folds: int, slots: Sequence[str], cache_dir: str | Path | None) -> list[str]:
+def cv_notes(dataset: str, n_folds: int, reports: Sequence[Any], cache_dir: str | Path | None) -> list[str]:
     """Before a CV sweep writes anything: refuse K folds when the dataset has fewer labelled training dialogues;
-    return a note for every slot among `slots` holding plain (not cross-fitted) fine-tuned features, whose CV
-    score is optimistic."""
-    from mer_pipe.pipeline.corpus.leak import slot_reports
+    return a note for every fine-tuned slot among `reports` (corpus.leak.slot_reports of the sweep's slots, made
+    once per sweep) holding plain (not cross-fitted) features, whose CV score is optimistic."""
     from mer_pipe.pipeline.corpus.manifest import load_dataset
 
     _, utts = load_dataset(dataset, cache_dir)
@@ -142,7 +142,7 @@ def cv_notes(dataset: str, n_folds: int, slots: Sequence[str], cache_dir: str | 
             "labels of every training dialogue, so the held-out CV folds' features are memorised too and its CV score "
             f"is optimistic; compare feature sets by CV among frozen and cross-fitted ones (--set "
             f"{sf.slot}.finetune.crossfit=5)"
-            for sf in slot_reports(dataset, slots, cache_dir) if not sf.crossfit]
+            for sf in reports if not sf.crossfit]
 
 
 __all__ = ["CV_FILE", "CV_SEED", "cross_validate", "cv_folds", "cv_notes", "dialogue_folds", "parse_select_on",

@@ -58,7 +58,8 @@ def config_labels(rows: Sequence[RunRow]) -> list[tuple[str, str]]:
     return [(x + (" [selected on test]" if r.selection == "test" else ""), t) for x, r, t in zip(labels, rows, tags)]
 
 
-def _pct(x: float | None) -> float:
+def _percent(x: float | None) -> float:
+    """A fraction as a plotted percent (NaN: no point); the text form is common.formatting.pct."""
     return float("nan") if x is None else 100.0 * x
 
 
@@ -93,8 +94,8 @@ def plot_runs(rows: Sequence[RunRow], path: Path) -> Path:
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8.0, 1.4 + 0.5 * len(rows)))
     for off, part, marker, color in ((-0.17, "dev", "o", "#4c72b0"), (0.17, "test", "s", "#dd8452")):
-        mean = np.array([_pct(getattr(r, f"{part}_wf1")) for r in rows])
-        std = np.array([0.0 if getattr(r, f"{part}_wf1_std") is None else _pct(getattr(r, f"{part}_wf1_std"))
+        mean = np.array([_percent(getattr(r, f"{part}_wf1")) for r in rows])
+        std = np.array([0.0 if getattr(r, f"{part}_wf1_std") is None else _percent(getattr(r, f"{part}_wf1_std"))
                         for r in rows])
         ax.errorbar(mean, y + off, xerr=std, fmt=marker, color=color, capsize=3, label=part)
         for yy, m, s in zip(y + off, mean, std):

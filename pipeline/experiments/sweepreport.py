@@ -1,14 +1,16 @@
 """The results of a sweep: per-config scores over seeds, the selection, the seed-aggregate run dir of a config,
-and the tables of sweep.md (pipeline/train/sweep.py explains the layout and the selection rule)."""
+and the tables of sweep.md (sweep.py explains the layout and the selection rule). The run dirs' JSON files are
+read through a `read` callable; the sweep driver passes a RunFiles, which reads each once per command."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .runconfig import RunConfig
+from mer_pipe.common.formatting import pct
+from mer_pipe.pipeline.train.runconfig import RunConfig
 
 SCALARS = ("accuracy", "weighted_f1", "macro_f1")
 NOT_FOR_SELECTION = ("NOT FOR SELECTION: test scores of every config, for reading after the choice was made on "
@@ -22,43 +24,65 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def _seed_metrics(sweep_dir: Path, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+Read = Callable[[Path], Any]
+
+
+class RunFiles:
+    """read_json with memory: each file (metrics.json, cv.json, sweep_task.json of a run dir) is read once per
+    sweep command, and again only after `forget(run_dir)`, which the driver calls when that dir's task finished
+    (here or in another sweep) or when it wrote the dir itself."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, Any] = {}
+
+    def __call__(self, path: Path) -> Any:
+        path = Path(path)
+        if path not in self._seen:
+            self._seen[path] = read_json(path)
+        return self._seen[path]
+
+    def forget(self, run_dir: Path) -> None:
+        for path in [p for p in self._seen if p.parent == Path(run_dir)]:
+            del self._seen[path]
+
+
+def _seed_metrics(sweep_dir: Path, entry: Mapping[str, Any], read: Read) -> list[dict[str, Any]]:
     out = []
     for t in entry["tasks"]:
         if t["state"] in ("done", "reused"):
-            met = read_json(sweep_dir / t["dir"] / "metrics.json")
+            met = read(sweep_dir / t["dir"] / "metrics.json")
             if isinstance(met, dict):
                 out.append(met)
     return out
 
 
 def _agg(values: Sequence[float]) -> dict[str, float]:
-    from .metrics import aggregate
+    from mer_pipe.pipeline.train.metrics import aggregate
 
     return aggregate(values)
 
 
-def config_row(sweep_dir: Path, entry: Mapping[str, Any]) -> dict[str, Any]:
+def config_row(sweep_dir: Path, entry: Mapping[str, Any], read: Read = read_json) -> dict[str, Any]:
     """Per-config scores over its finished seeds: selection set ('sel') and test, mean ± std."""
-    mets = _seed_metrics(sweep_dir, entry)
+    mets = _seed_metrics(sweep_dir, entry, read)
     row = {"config": entry["id"], "label": entry["label"], "model": entry["model"], "dir": entry["dir"],
            "seeds_done": len(mets), "seeds": len(entry["tasks"]), "complete": len(mets) == len(entry["tasks"])}
     for part, name in (("dev", "sel"), ("test", "test")):
         for k in SCALARS:
             row[f"{name}_{k}"] = _agg([m["aggregate"][part][k]["mean"] for m in mets]) if mets else None
     row["seconds"] = float(sum(r.get("seconds", 0.0) for m in mets for r in m.get("runs", [])))
-    cvs = _seed_cv(sweep_dir, entry)
+    cvs = _seed_cv(sweep_dir, entry, read)
     row["cv_weighted_f1"] = _agg([c["weighted_f1"]["mean"] for c in cvs]) if cvs and len(cvs) == len(mets) else None
     row["cv_seconds"] = float(sum(c.get("seconds", 0.0) for c in cvs))
     return row
 
 
-def _seed_cv(sweep_dir: Path, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _seed_cv(sweep_dir: Path, entry: Mapping[str, Any], read: Read) -> list[dict[str, Any]]:
     """The cv.json of every finished seed of a config that has one (--select-on cvK; cvselect.py)."""
     out = []
     for t in entry["tasks"]:
         if t["state"] in ("done", "reused"):
-            rec = read_json(sweep_dir / t["dir"] / "cv.json")
+            rec = read(sweep_dir / t["dir"] / "cv.json")
             if isinstance(rec, dict) and rec.get("task_key") == t["key"]:
                 out.append(rec)
     return out
@@ -93,17 +117,19 @@ def select(rows: Sequence[Mapping[str, Any]], select_on: str) -> dict[str, Any]:
             "by_model": by_model}
 
 
-def write_config_aggregate(sweep_dir: Path, entry: Mapping[str, Any], cfg: RunConfig, notes: Sequence[str]) -> None:
+def write_config_aggregate(sweep_dir: Path, entry: Mapping[str, Any], cfg: RunConfig, notes: Sequence[str],
+                           read: Read = read_json) -> bool:
     """configs/<id>/metrics.json, config.yaml, predictions.csv over all seeds: `mer-pipe runs` lists the config
-    as one run (mean ± std over seeds) and `runs compare` pairs two configs seed by seed."""
+    as one run (mean ± std over seeds) and `runs compare` pairs two configs seed by seed. False (nothing written)
+    until every seed is finished."""
     from mer_pipe.common.files import write_json_atomic, write_text_atomic
 
-    from .report import yaml_block
-    from .runconfig import config_yaml
+    from mer_pipe.pipeline.train.report import yaml_block
+    from mer_pipe.pipeline.train.runconfig import config_yaml
 
-    mets = _seed_metrics(sweep_dir, entry)
+    mets = _seed_metrics(sweep_dir, entry, read)
     if len(mets) != len(entry["tasks"]):
-        return
+        return False
     out = sweep_dir / entry["dir"]
     seeds = [int(m["seeds"][0]) for m in mets]
     per_seed = {str(s): m["per_seed"][str(s)] for s, m in zip(seeds, mets)}
@@ -128,12 +154,12 @@ def write_config_aggregate(sweep_dir: Path, entry: Mapping[str, Any], cfg: RunCo
         text = (sweep_dir / t["dir"] / "predictions.csv").read_text(encoding="utf-8").splitlines()
         lines += text if not lines else text[1:]
     write_text_atomic(out / "predictions.csv", "\n".join(lines) + "\n")
+    return True
 
 
 def _pct(a: Mapping[str, float] | None) -> str:
-    if not a:
-        return "-"
-    return f"{100 * a['mean']:.2f}" + (f" ± {100 * a['std']:.2f}" if a.get("n", 1) > 1 else "")
+    """An aggregate in percent (common.formatting.pct); '-' when there is none."""
+    return pct(a["mean"], a.get("std"), a.get("n", 1)) if a else "-"
 
 
 def format_tables(state: Mapping[str, Any]) -> str:

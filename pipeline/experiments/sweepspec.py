@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 from mer_pipe.common.config import parse_value
 from mer_pipe.common.errors import ConfigError
 
-from .runconfig import RUN_KEYS, RunConfig, read_yaml_mapping, resolve_run_config
+from mer_pipe.pipeline.train.runconfig import RUN_KEYS, RunConfig, read_yaml_mapping, resolve_run_config
 
 GRID_RUN_KEYS = ("model", "modalities")
 GRID_SLOT_KEYS = ("slots.t", "slots.a", "slots.v")  # which lock slot feeds a modality: "which feature set"
