@@ -276,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
                         seeds=seeds, modalities="t", sets=quick_sets, select_on=f"cv{cv}", executor=executor,
                         threads=1, device=device, cache_dir=cache, out=cache.parent / f"{cache.name}-sweeps" / name,
                         log=lambda line: print(line, flush=True) if line.startswith(("NOTE", "sweep:")) else None)
-        c["sweep"] = {"dir": str(res.sweep_dir), "wall_seconds": time.perf_counter() - t0,
+        wall = time.perf_counter() - t0
+        prev = (earlier.get(corpus) or {}).get("sweep") or {}
+        c["sweep"] = {"dir": str(res.sweep_dir), "wall_seconds_this_invocation": wall,
+                      "wall_seconds_first_run": prev.get("wall_seconds_first_run", prev.get("wall_seconds", wall)),
                       "failed": len(res.failed), "notes": res.state.get("notes", [])}
         c["models"] = summarise(res.state, sets)
         save()

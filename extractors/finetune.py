@@ -289,6 +289,7 @@ def finetune(
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout: a resumed epoch draws what an uninterrupted one would
+        np.random.seed(cfg.seed * 1000 + epoch)  # wav2vec2's SpecAugment masks and LayerDrop draw from numpy's RNG
         order = torch.randperm(n, generator=g).tolist()
         groups = _batches(modality, pre, train.inputs, order, cfg, pad_ok, min_len)
         perm = torch.randperm(len(groups), generator=g).tolist() if modality == "audio" else range(len(groups))

@@ -255,3 +255,27 @@ def test_patience_off_runs_every_epoch(tiny_text, tmp_path):
     rec, _ = _finetune(tiny_text, tmp_path / "p", epochs=3, lr=1e-9, patience=5)
     assert len(rec["epochs"]) == 3 and rec["stopped_early"] is False
     assert rec["epochs"][-1]["lr_end"] == 0.0  # linear decay reaches 0 at the last of `epochs` steps
+
+
+def test_audio_finetune_is_deterministic_on_cpu(tmp_path):
+    """wav2vec2 draws its SpecAugment masks (and LayerDrop) from numpy's global RNG: the fine-tune seeds it per
+    epoch like torch, so two identical runs give the same weights (and a resumed run what an uninterrupted one
+    would)."""
+    from mer_pipe.extractors.finetune import FinetuneConfig, FinetuneData, finetune
+    from mer_pipe.extractors.tiny import ensure_tiny_wav2vec2
+
+    ref = str(ensure_tiny_wav2vec2(tmp_path / "w2v"))
+    rng = np.random.default_rng(0)
+
+    def data(n: int) -> FinetuneData:
+        return FinetuneData([rng.standard_normal(16000).astype(np.float32) for _ in range(n)],
+                            rng.integers(0, 3, n).tolist())
+
+    train, dev = data(8), data(4)
+    cfg = FinetuneConfig(batch_size=4, epochs=2, lr=1e-3, max_seconds=1.0)
+    runs = []
+    for name in ("a", "b"):
+        np.random.seed(12345 if name == "a" else 54321)  # whatever the global state was before
+        finetune("audio", ref, None, cfg, train, dev, 3, tmp_path / name, log=lambda line: None)
+        runs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name / "best").glob("*.safetensors"))})
+    assert runs[0] and runs[0] == runs[1]
