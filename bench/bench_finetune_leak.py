@@ -147,7 +147,9 @@ def summarise(state: dict, sets: list[dict]) -> dict:
         m["dev_agrees_with_test"] = m["dev_choice"] == m["test_best"]
         m["cv_agrees_with_test"] = m["cv_choice"] == m["test_best"]
         m["cv_honest_agrees_with_test"] = m["cv_choice_frozen_or_crossfit"] == choices(t, honest, "test")
+        m["dev_honest_agrees_with_test"] = choices(t, honest, "dev") == choices(t, honest, "test")
         m["pairwise_order_agreement"] = {"dev": pair_agreement(t, slots, "dev"), "cv": pair_agreement(t, slots, "cv"),
+                                         "dev_frozen_or_crossfit": pair_agreement(t, honest, "dev"),
                                          "cv_frozen_or_crossfit": pair_agreement(t, honest, "cv")}
     return out
 
