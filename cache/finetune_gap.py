@@ -68,10 +68,12 @@ def _meta(store: FeatureStore, dataset: str, key: str) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def slot_finetune(store: FeatureStore, dataset: str, slot: str) -> SlotFinetune | None:
-    """The fine-tune behind the feature set locked to `slot` (None: no such slot, or frozen features)."""
+def slot_finetune(store: FeatureStore, dataset: str, slot: str,
+                  lock: Mapping[str, Any] | None = None) -> SlotFinetune | None:
+    """The fine-tune behind the feature set locked to `slot` (None: no such slot, or frozen features). `lock`: the
+    dataset's lock.json when the caller has read it already."""
     try:
-        entry = store.read_lock(dataset).get(slot)
+        entry = (store.read_lock(dataset) if lock is None else lock).get(slot)
     except CacheError:
         return None
     if not isinstance(entry, Mapping):

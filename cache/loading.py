@@ -1,6 +1,8 @@
 """Follow a dataset's lock to one feature set and assemble its shards into a FeatureTable."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import numpy as np
 
 from mer_pipe.common.errors import CacheError, CorruptShard, FeaturesMissing
@@ -41,14 +43,16 @@ def _assemble(shards: list[Shard], dim: int, where: str) -> tuple[str, np.ndarra
     return "ragged", out
 
 
-def load_table(store: FeatureStore, dataset: str, slot: str, manifest_digest: str | None = None) -> FeatureTable:
+def load_table(store: FeatureStore, dataset: str, slot: str, manifest_digest: str | None = None,
+               lock: Mapping[str, Any] | None = None) -> FeatureTable:
     """The locked features of `slot`: every shard, in manifest order, values as float32.
 
     manifest_digest: the dataset's current digest; a feature set extracted from another manifest is
     refused. Anything that makes the slot unusable raises FeaturesMissing (the caller names the command
-    that rebuilds it); a shard that cannot be read or fails its checksum raises CorruptShard.
+    that rebuilds it); a shard that cannot be read or fails its checksum raises CorruptShard. `lock`: the
+    dataset's lock.json when the caller has read it already.
     """
-    lock = store.read_lock(dataset)
+    lock = store.read_lock(dataset) if lock is None else lock
     if slot not in lock:
         locked = ", ".join(sorted(lock)) or "none"
         raise FeaturesMissing(dataset, slot, f"no features are locked for slot {slot!r} of dataset {dataset!r} "

@@ -56,34 +56,19 @@ def warning(sf) -> str:
             f"(rerun the same `{command('features')}` command with --set {sf.slot}.finetune.crossfit={CROSSFIT_ADVICE})")
 
 
-def store_with_lock(root: str | Path, dataset: str, lock: Mapping[str, Any] | None):
-    """The feature store at `root`; given `lock` (the dataset's lock.json, already read by the caller) it answers
-    read_lock(dataset) from it, so a training run reads lock.json once (train/data.py loads its tables through
-    it) and a sweep once for all its configs. (A candidate for cache/store.py.)"""
-    from mer_pipe.cache.store import FeatureStore
-
-    if lock is None:
-        return FeatureStore(root)
-
-    class _HeldLock(FeatureStore):
-        def read_lock(self, name: str) -> dict[str, dict[str, Any]]:
-            return dict(lock) if name == dataset else super().read_lock(name)
-
-    return _HeldLock(root)
-
-
 def slot_reports(dataset: str, slots: Iterable[str], cache_dir: str | Path | None = None, *,
                  lock: Mapping[str, Any] | None = None) -> list:
     """SlotFinetune of every fine-tuned slot among `slots` (frozen and unknown slots are skipped). `lock`: the
     dataset's lock.json when the caller has read it already."""
     from mer_pipe.cache.finetune_gap import slot_finetune
+    from mer_pipe.cache.store import FeatureStore
 
     from .manifest import cache_root
 
-    store = store_with_lock(cache_root(cache_dir), dataset, lock)
+    store = FeatureStore(cache_root(cache_dir))
     out = []
     for slot in dict.fromkeys(slots):
-        sf = slot_finetune(store, dataset, slot)
+        sf = slot_finetune(store, dataset, slot, lock)
         if sf is not None:
             out.append(sf)
     return out
@@ -95,4 +80,4 @@ def leak_warnings(dataset: str, slots: Iterable[str], cache_dir: str | Path | No
     return [warning(sf) for sf in slot_reports(dataset, slots, cache_dir, lock=lock) if leaks(sf)]
 
 
-__all__ = ["LEAK_GAP_POINTS", "describe", "leak_warnings", "leaks", "slot_reports", "store_with_lock", "warning"]
+__all__ = ["LEAK_GAP_POINTS", "describe", "leak_warnings", "leaks", "slot_reports", "warning"]

@@ -104,7 +104,7 @@ def export_parquet(dataset: str, out: str | Path, cache_dir: str | Path | None =
     reasons_all: list[list[str]] = [[] for _ in ids]
     for slot in chosen:
         try:
-            table = load_table(store, dataset, slot, info["manifest_digest"])
+            table = load_table(store, dataset, slot, info["manifest_digest"], lock=lock)
         except FeaturesMissing as exc:
             raise CacheError(f"{exc.detail}; rebuild it with `{features_command(dataset, slot)}`") from None
         if table.ids != ids:

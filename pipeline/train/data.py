@@ -134,7 +134,7 @@ def _lock_entry(dataset: str, m: str, slot: str, lock: dict, slots: dict[str, st
 
 
 def _modality_tensors(store, dataset: str, slot: str, entry: dict, ids: list[str], digest: str | None,
-                      cache_dir: str | Path | None):
+                      cache_dir: str | Path | None, lock: dict[str, Any]):
     """(pooled [n+1, D], frames [n+1, F, D] or None, present [n+1]) in manifest order; the extra last row is
     the padding row (zeros, absent) that batches index for empty positions."""
     import torch
@@ -142,7 +142,7 @@ def _modality_tensors(store, dataset: str, slot: str, entry: dict, ids: list[str
     from mer_pipe.cache.loading import load_table
 
     try:
-        table = load_table(store, dataset, slot, digest)
+        table = load_table(store, dataset, slot, digest, lock=lock)
     except FeaturesMissing as exc:
         raise CacheError(f"{exc.detail}; run `{features_command(dataset, slot, cache_dir)}`") from None
     where = f"dataset {dataset!r} slot {slot!r} ({entry.get('extractor')} key {str(entry.get('key'))[:12]})"
@@ -178,23 +178,21 @@ def load_corpus(dataset: str, modalities: Sequence[str], cache_dir: str | Path |
     from mer_pipe.cache.store import FeatureStore
     from mer_pipe.models.batch import TaskInfo
 
-    from mer_pipe.pipeline.corpus.leak import store_with_lock
     from mer_pipe.pipeline.corpus.manifest import cache_root, load_dataset, manifest_digest
 
     info, utts = load_dataset(dataset, cache_dir)
     class_names = tuple(info.get("label_names") or [])
     if not class_names:
         raise CacheError(f"dataset {dataset!r}: dataset.json lists no label_names; rerun `{prepare_command(dataset, cache_dir=cache_dir)}`")
-    if lock is None:
-        lock = FeatureStore(cache_root(cache_dir)).read_lock(dataset)
-    store = store_with_lock(cache_root(cache_dir), dataset, lock)  # load_table reads the lock from memory
-    lock = lock or {}
+    store = FeatureStore(cache_root(cache_dir))
+    lock = store.read_lock(dataset) if lock is None else lock  # read once; load_table is handed it
     slots = parse_slots(modalities, slot_overrides)
     ids = [u.id for u in utts]
     feats, frames, present, features = {}, {}, {}, {}
     for m, slot in slots.items():
         entry = _lock_entry(dataset, m, slot, lock, slots, (expected_keys or {}).get(m), cache_dir)
-        feats[m], seq, present[m] = _modality_tensors(store, dataset, slot, entry, ids, info.get("manifest_digest"), cache_dir)
+        feats[m], seq, present[m] = _modality_tensors(store, dataset, slot, entry, ids, info.get("manifest_digest"), cache_dir,
+                                                        lock)
         if seq is not None:
             frames[m] = seq
         features[m] = {"slot": slot, "extractor": entry.get("extractor"), "key": entry.get("key"),
