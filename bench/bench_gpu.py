@@ -147,12 +147,11 @@ def run_arm(tasks: list, overlap, device: str, suffix: str | None) -> dict:
     """Every task of a slot in turn, as one worker does; the shards go to `path + suffix` (None: the real path)."""
     import torch
 
-    from mer_pipe.pipeline.extract.run import run_shard
-
-    from mer_pipe.pipeline.extract import run
+    from mer_pipe.pipeline.extract import shardrun
+    from mer_pipe.pipeline.extract.shardrun import run_shard
 
     cuda = device.startswith("cuda")
-    run._LOADED.clear()  # only this arm's encoder on the device: the peak memory is its own (private, bench only)
+    shardrun._LOADED.clear()  # only this arm's encoder on the device: the peak memory is its own (private, bench only)
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -45,7 +45,7 @@ def one_task(cache: Path, slot: str, batch_size: int, device: str, sets: tuple[s
 def timed(task, overlap, torch_threads: int) -> dict:
     import torch
 
-    from mer_pipe.pipeline.extract.run import run_shard
+    from mer_pipe.pipeline.extract.shardrun import run_shard
 
     torch.set_num_threads(torch_threads)  # run_shard sets the task's (1) once per process, not again
     c0, t0 = time.process_time(), time.perf_counter()

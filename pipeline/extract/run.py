@@ -16,7 +16,7 @@ from .overlap import OverlapConfig, for_workers
 from .plan import make_plan, with_run_settings, write_new_specs
 from .presets import SlotSpec
 from .progress import Progress, RunSummary, StageSummary, notice, reason_category
-from .shardrun import _LOADED, ShardResult, run_shard  # noqa: F401  (re-exported: benches clear _LOADED)
+from .shardrun import run_shard
 from .stages import Plan, Prepared, Stage
 
 Log = Callable[[str], None]
@@ -220,4 +220,4 @@ def _run_plan(plan: Plan, locks: dict[str, Any], *, executor: ExecutorConfig, de
     return summary
 
 
-__all__ = ["extract_features", "run_shard", "ShardResult", "reason_category"]
+__all__ = ["extract_features"]
